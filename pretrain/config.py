@@ -1,0 +1,105 @@
+"""The pretraining config: one dataclass per section, every hyperparameter with its unit and source.
+
+Defaults follow the SimCLR paper (Chen et al. 2020) where it gives one; the CIFAR presets in
+``configs/`` follow its Appendix B.9.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pretrain.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | cifar10 | imagefolder:<path>  (see pretrain.data.DATASETS)
+    root: str = ""  # archive or folder for cifar10; "" = look in ../shared/data, then download
+    cache_dir: str = ".cache/simclr-transfer"  # where archives are extracted once
+    split: str = "train"
+    num_workers: int = 0  # DataLoader workers for the CPU augmentation path
+    limit: int = 0  # use only the first N images (0 = all); for smoke tests
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "small_cnn"  # resnet18 | resnet34 | resnet50 | small_cnn | timm:<name>
+    cifar_stem: bool = False  # 3x3 stride-1 conv1 and no max-pool, for 32x32 inputs
+    head: str = "mlp"  # none | linear | mlp
+    num_layers: int = 2  # mlp depth: 2 = SimCLR v1, 3 = SimCLR v2
+    hidden_dim: int = 0  # 0 = encoder width (SimCLR: 2048 for ResNet-50)
+    out_dim: int = 128  # projection size z (SimCLR: 128)
+    bn: bool = True  # BatchNorm after every head layer (official code)
+
+
+@dataclass
+class AugmentConfig:
+    preset: str = "auto"  # auto | cifar | imagenet | digits: picks the values below per dataset
+    image_size: int = 0  # crop size in pixels; 0 = dataset default
+    crop_scale_min: float = 0.08  # random resized crop area fraction (SimCLR App. A)
+    color_strength: float = -1.0  # s in colour jitter (0.8s, 0.8s, 0.8s, 0.2s); <0 = preset
+    color_p: float = 0.8
+    gray_p: float = 0.2
+    blur: str = "auto"  # auto | on | off  (Gaussian blur, p=0.5, for large images only)
+    device: str = "cpu"  # cpu: torchvision transforms in DataLoader workers
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"  # lars | sgd | adamw
+    lr: float = 0.3  # base lr per `lr_reference_batch` images (SimCLR App. B.1: 0.3 x B/256)
+    lr_scaling: str = "linear"  # linear (lr x B/256) | sqrt (lr x sqrt(B)) | none
+    lr_reference_batch: int = 256
+    weight_decay: float = 1e-6  # SimCLR: 1e-6 with LARS
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001  # LARS eta (You et al. 2017)
+    warmup_epochs: float = 10.0  # linear warm-up, then cosine decay to 0 (SimCLR: 10 epochs)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW only
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 256  # N images -> 2N views per step
+    temperature: float = 0.1  # NT-Xent tau (SimCLR: 0.1 at batch 4096, 0.5 for CIFAR)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    channels_last: bool = True  # used on CUDA only
+    run_dir: str = "runs"
+    name: str = ""  # run directory name; "" = derived from dataset, encoder, head and seed
+    checkpoint_every: int = 1  # epochs between checkpoints
+    progress: bool = True  # tqdm bar per epoch
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {self.train.epochs}")
+        if self.train.batch_size < 2:
+            raise ConfigError(f"train.batch_size must be >= 2, got {self.train.batch_size}")
+        if self.train.temperature <= 0:
+            raise ConfigError(f"train.temperature must be > 0, got {self.train.temperature}")
+        if self.model.head == "mlp" and self.model.num_layers < 1:
+            raise ConfigError(f"model.num_layers must be >= 1, got {self.model.num_layers}")
+        if self.optim.lr_scaling not in ("linear", "sqrt", "none"):
+            raise ConfigError(
+                f"optim.lr_scaling must be one of linear, sqrt, none; got {self.optim.lr_scaling!r}"
+            )
+
+    def run_name(self) -> str:
+        if self.train.name:
+            return self.train.name
+        dataset = self.data.name.split(":")[0]
+        head = self.model.head
+        if head == "mlp":
+            head = f"mlp{self.model.num_layers}"
+        encoder = self.model.encoder.replace(":", "-").replace("/", "-")
+        return f"{dataset}_{encoder}_{head}_s{self.train.seed}"

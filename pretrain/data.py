@@ -1,0 +1,310 @@
+"""Datasets by name, yielding ``(PIL RGB image, int label)``; labels are -1 where there are none.
+
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no file needed),
+  scaled to [0, 255], upsampled to 32x32 and replicated to RGB. Split: a fixed seeded
+  stratified 75/25 train/test split.
+* ``cifar10``: a local archive (``cifar10.tar.xz``) or folder with ``train/<class>/*.jpg`` and
+  ``test/<class>/*.jpg``; decoded once into a uint8 array cached beside the extraction.
+  Without a local copy, torchvision's downloader is tried (only where a network exists).
+* ``imagefolder:<path>``: ``<path>/<split>/<class>/*``, or ``<path>/<class>/*``, or a flat folder
+  of images (unlabelled); ``<path>`` may also be a ``.tar``/``.tar.gz``/``.tar.xz`` archive.
+
+Missing paths, empty folders and unreadable images raise :class:`DataError` naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from pretrain.errors import DataError
+from pretrain.registry import Registry
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What an augmentation or evaluation transform needs to know about a dataset."""
+
+    preset: str  # "digits" | "cifar" | "imagenet": augmentation and eval transform family
+    image_size: int  # default crop size in pixels
+
+
+class ImageDataset(Dataset):
+    """Images with integer labels (-1 when unlabelled), held in memory or read from files.
+
+    Exactly one of ``array`` (N, H, W, 3) uint8 or ``files`` is given.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        targets: list[int],
+        classes: list[str],
+        info: DatasetInfo,
+        array: np.ndarray | None = None,
+        files: list[Path] | None = None,
+    ) -> None:
+        if (array is None) == (files is None):
+            raise ValueError("give exactly one of array or files")
+        self.name = name
+        self.targets = list(targets)
+        self.classes = classes
+        self.info = info
+        self.array = array
+        self.files = files
+        n = len(array) if array is not None else len(files or [])
+        if n != len(self.targets):
+            raise ValueError(f"{n} images but {len(self.targets)} targets")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load_image(self, index: int) -> Image.Image:
+        if self.array is not None:
+            return Image.fromarray(self.array[index])
+        path = self.files[index]  # type: ignore[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except FileNotFoundError:
+            raise DataError(f"image file not found: {path}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.load_image(index), self.targets[index]
+
+    def subset(self, limit: int) -> ImageDataset:
+        """The first ``limit`` images (all when ``limit`` <= 0)."""
+        if limit <= 0 or limit >= len(self):
+            return self
+        return ImageDataset(
+            self.name,
+            self.targets[:limit],
+            self.classes,
+            self.info,
+            array=None if self.array is None else self.array[:limit],
+            files=None if self.files is None else self.files[:limit],
+        )
+
+
+class TransformedDataset(Dataset):
+    """Apply ``transform`` to the images of ``base``; yields ``(transform(img), label)``."""
+
+    def __init__(self, base: ImageDataset, transform: Callable[[Image.Image], Any]) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img, label = self.base[index]
+        return self.transform(img), label
+
+
+Loader = Callable[[str, str, str, str], ImageDataset]  # (arg, split, root, cache_dir)
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def shared_data_dirs() -> list[Path]:
+    """Where bundled archives are looked for: $SIMCLR_DATA_DIR, then ../shared/data upwards."""
+    dirs = []
+    if os.environ.get("SIMCLR_DATA_DIR"):
+        dirs.append(Path(os.environ["SIMCLR_DATA_DIR"]))
+    for base in [Path.cwd(), Path(__file__).resolve().parent.parent]:
+        for parent in [base, *base.parents][:4]:
+            dirs.append(parent / "shared" / "data")
+    return dirs
+
+
+def find_shared_archive(filename: str) -> Path | None:
+    for d in shared_data_dirs():
+        if (d / filename).is_file():
+            return d / filename
+    return None
+
+
+def extract_archive(archive: Path, cache_dir: str | Path) -> Path:
+    """Extract ``archive`` once into ``cache_dir/<archive stem>/`` and return that folder.
+
+    A ``.complete`` marker is written last, so an interrupted extraction is redone.
+    """
+    archive = Path(archive)
+    if not archive.is_file():
+        raise DataError(f"archive not found: {archive}")
+    stem = archive.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    target = Path(cache_dir) / stem
+    marker = target / ".complete"
+    if marker.is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"cannot extract archive {archive}: {exc}") from None
+    marker.write_text(str(archive))
+    return target
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def scan_image_folder(root: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
+    """Files, labels and class names of ``root/<split>/<class>/*`` (or its fallbacks)."""
+    if not root.exists():
+        raise DataError(f"dataset path not found: {root}")
+    folder = root / split if (root / split).is_dir() else root
+    if folder is root and any((root / s).is_dir() for s in ("train", "test", "val")):
+        raise DataError(f"no {split!r} split in {root} (expected {root / split})")
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files: list[Path] = []
+    labels: list[int] = []
+    if class_dirs:
+        for label, class_dir in enumerate(class_dirs):
+            images = _list_images(class_dir)
+            files += images
+            labels += [label] * len(images)
+        classes = [p.name for p in class_dirs]
+    else:  # a flat folder of unlabelled images
+        files = _list_images(folder)
+        labels = [-1] * len(files)
+        classes = []
+    if not files:
+        raise DataError(f"no images found in {folder}")
+    return files, labels, classes
+
+
+def _decode_to_array(files: list[Path], size: int) -> np.ndarray:
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                out[i] = np.asarray(img)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None
+    return out
+
+
+@DATASETS.register("digits")
+def load_digits_dataset(arg: str, split: str, root: str, cache_dir: str) -> ImageDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8), values 0..16
+    idx = np.arange(len(images))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=0.25, random_state=0, stratify=digits.target
+    )
+    if split not in ("train", "test"):
+        raise DataError(f"digits has splits train and test, not {split!r}")
+    chosen = np.sort(train_idx if split == "train" else test_idx)
+    # Bilinear upsampling to 32x32 keeps strokes smooth enough for crops to make sense.
+    small = images[chosen]
+    big = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in small])
+    rgb = np.repeat(big[..., None], 3, axis=-1)
+    return ImageDataset(
+        "digits",
+        digits.target[chosen].tolist(),
+        [str(c) for c in range(10)],
+        DatasetInfo(preset="digits", image_size=32),
+        array=rgb,
+    )
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(arg: str, split: str, root: str, cache_dir: str) -> ImageDataset:
+    info = DatasetInfo(preset="cifar", image_size=32)
+    if split not in ("train", "test"):
+        raise DataError(f"cifar10 has splits train and test, not {split!r}")
+    source = Path(root) if root else find_shared_archive("cifar10.tar.xz")
+    if source is None:
+        return _download_cifar10(split, cache_dir, info)
+    folder = extract_archive(source, cache_dir) if _is_archive(source) else source
+    cached = folder / f".{split}_uint8.npz"
+    if cached.is_file():
+        with np.load(cached) as npz:
+            return ImageDataset(
+                "cifar10", npz["labels"].tolist(), list(npz["classes"]), info, array=npz["images"]
+            )
+    files, labels, classes = scan_image_folder(folder, split)
+    array = _decode_to_array(files, 32)
+    tmp = cached.with_name(cached.name + ".tmp.npz")
+    np.savez(tmp, images=array, labels=np.asarray(labels), classes=np.asarray(classes))
+    os.replace(tmp, cached)
+    return ImageDataset("cifar10", labels, classes, info, array=array)
+
+
+def _download_cifar10(split: str, cache_dir: str, info: DatasetInfo) -> ImageDataset:
+    import torchvision
+
+    try:
+        ds = torchvision.datasets.CIFAR10(
+            str(Path(cache_dir) / "torchvision"), train=split == "train", download=True
+        )
+    except Exception as exc:  # no network, or a broken download
+        raise DataError(
+            f"cifar10: no local copy (set data.root to cifar10.tar.xz or an ImageFolder) "
+            f"and the download failed: {exc}"
+        ) from None
+    return ImageDataset("cifar10", list(ds.targets), list(ds.classes), info, array=ds.data)
+
+
+@DATASETS.register("imagefolder")
+def load_image_folder(arg: str, split: str, root: str, cache_dir: str) -> ImageDataset:
+    if not arg:
+        raise DataError("imagefolder needs a path: data.name=imagefolder:/path/to/images")
+    path = Path(arg).expanduser()
+    if _is_archive(path):
+        path = extract_archive(path, cache_dir)
+        subdirs = [p for p in path.iterdir() if p.is_dir()]
+        if len(subdirs) == 1 and not (path / split).is_dir():  # archive with one top folder
+            path = subdirs[0]
+    files, labels, classes = scan_image_folder(path, split)
+    size = _guess_image_size(files[0])
+    preset = "cifar" if size <= 64 else "imagenet"
+    info = DatasetInfo(preset=preset, image_size=32 if size <= 32 else (64 if size <= 64 else 224))
+    return ImageDataset(f"imagefolder:{arg}", labels, classes, info, files=files)
+
+
+def _guess_image_size(path: Path) -> int:
+    try:
+        with Image.open(path) as img:
+            return min(img.size)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def load_dataset(
+    name: str, split: str = "train", root: str = "", cache_dir: str = ".cache/simclr-transfer",
+    limit: int = 0,
+) -> ImageDataset:
+    """Load dataset ``name`` (``digits``, ``cifar10``, ``imagefolder:<path>``) at ``split``."""
+    key, _, arg = name.partition(":")
+    loader = DATASETS.get(key)
+    return loader(arg, split, root, cache_dir).subset(limit)

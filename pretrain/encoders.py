@@ -1,0 +1,91 @@
+"""Encoders f(.) by name, with one contract: ``num_features`` and ``forward(x) -> (B, num_features)``.
+
+* ``resnet18|34|50``: torchvision ResNets with ``fc`` replaced by ``Identity``, so their state
+  dict keys are exactly torchvision's (minus ``fc``) and export is a copy. ``cifar_stem`` swaps
+  the 7x7 stride-2 conv and max-pool for a 3x3 stride-1 conv and no pool, the standard for
+  32x32 inputs (SimCLR App. B.9).
+* ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features).
+* ``small_cnn``: a 4-block CNN (about 0.3 M parameters) for fast CPU tests and the quickstart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pretrain.errors import ConfigError
+from pretrain.registry import Registry
+
+ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
+
+RESNET_WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def _torchvision_resnet(arch: str, cifar_stem: bool) -> nn.Module:
+    import torchvision
+
+    net = getattr(torchvision.models, arch)(weights=None)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    net.num_features = RESNET_WIDTHS[arch]
+    return net
+
+
+for _arch in RESNET_WIDTHS:
+
+    def _factory(cifar_stem: bool = False, _arch: str = _arch) -> nn.Module:
+        return _torchvision_resnet(_arch, cifar_stem)
+
+    ENCODERS.add(_arch, _factory)
+
+
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU blocks (32-64-128-256 channels) and global average pooling.
+
+    Input (B, 3, H, W) with H, W >= 8; output (B, 256).
+    """
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 8 * width]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            stride = 1 if i == 0 else 2
+            layers += [
+                nn.Conv2d(chans[i], chans[i + 1], 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(chans[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.num_features = chans[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+@ENCODERS.register("small_cnn")
+def _small_cnn(cifar_stem: bool = False) -> nn.Module:
+    return SmallCNN()
+
+
+def build_encoder(name: str, cifar_stem: bool = False) -> nn.Module:
+    """Create encoder ``name`` (randomly initialised); see the module docstring for names."""
+    if name.startswith("timm:"):
+        import timm
+
+        model_name = name.split(":", 1)[1]
+        if not timm.is_model(model_name):
+            raise ConfigError(f"unknown timm model {model_name!r}; see timm.list_models()")
+        net = timm.create_model(model_name, pretrained=False, num_classes=0)
+        if not isinstance(getattr(net, "num_features", None), int):
+            raise ConfigError(f"timm model {model_name!r} does not expose num_features")
+        return net
+    return ENCODERS.get(name)(cifar_stem=cifar_stem)
+
+
+def encoder_names() -> list[str]:
+    return ENCODERS.names() + ["timm:<name>"]

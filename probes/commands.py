@@ -1,0 +1,1 @@
+"""Registers the built-in frozen-feature probes with the evaluator registry."""

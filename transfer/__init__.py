@@ -1,0 +1,1 @@
+"""Transfer evaluators (detection fine-tuning), weight export, suites, tables and the CLI."""

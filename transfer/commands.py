@@ -1,0 +1,1 @@
+"""Registers detection, export and the table/suite tools with the evaluator registry."""
