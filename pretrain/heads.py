@@ -20,7 +20,7 @@ from torch import nn
 
 from pretrain.registry import Registry
 
-HEADS: Registry[Callable[..., "ProjectionHead"]] = Registry("head")
+HEADS: Registry[Callable[..., ProjectionHead]] = Registry("head")
 
 
 class ProjectionHead(nn.Module):
@@ -43,14 +43,13 @@ class ProjectionHead(nn.Module):
 
     def forward_taps(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         """h: (B, in_dim) -> {"head.0": (B, hidden), ..., "z": (B, out_dim)}."""
+        if not self.layers:
+            return {"z": h}
         taps: dict[str, torch.Tensor] = {}
         x = h
-        names = self.tap_names()
-        for name, layer in zip(names, self.layers, strict=True):
+        for name, layer in zip(self.tap_names(), self.layers, strict=True):
             x = layer(x)
             taps[name] = x
-        if not self.layers:
-            taps["z"] = h
         return taps
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -92,9 +91,7 @@ def mlp_head(
     """Non-linear projection: (num_layers - 1) x [Linear, BN, ReLU] then [Linear, BN]."""
     hidden = hidden_dim or in_dim
     dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
-    layers = [
-        _block(dims[i], dims[i + 1], bn, relu=i < num_layers - 1) for i in range(num_layers)
-    ]
+    layers = [_block(dims[i], dims[i + 1], bn, relu=i < num_layers - 1) for i in range(num_layers)]
     return ProjectionHead(layers, out_dim=out_dim)
 
 

@@ -50,7 +50,9 @@ def load_plugins() -> list[str]:
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break the built-in commands
-            raise UserError(f"cannot load evaluator plugin {ep.name!r} ({ep.value}): {exc}") from None
+            raise UserError(
+                f"cannot load evaluator plugin {ep.name!r} ({ep.value}): {exc}"
+            ) from None
         if not isinstance(obj, Evaluator):
             raise UserError(f"plugin {ep.name!r} ({ep.value}) is not a probes.registry.Evaluator")
         register_evaluator(obj)

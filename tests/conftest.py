@@ -15,8 +15,14 @@ from pretrain.model import build_model
 from pretrain.runs import CHECKPOINT_FILE, CONFIG_FILE
 
 
-def make_run_dir(path: Path, encoder: str = "small_cnn", head: str = "mlp", num_layers: int = 2,
-                 seed: int = 0, dataset: str = "digits") -> Path:
+def make_run_dir(
+    path: Path,
+    encoder: str = "small_cnn",
+    head: str = "mlp",
+    num_layers: int = 2,
+    seed: int = 0,
+    dataset: str = "digits",
+) -> Path:
     """A run directory in the exact format ``simclr-pretrain`` writes, with random weights."""
     cfg = PretrainConfig()
     cfg.data.name = dataset

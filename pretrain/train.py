@@ -1,0 +1,327 @@
+"""The SimCLR pretraining loop: one function, everything it uses passed in or built from config.
+
+``train(cfg)`` writes one run directory (see :mod:`pretrain.runs`): the resolved config, an
+atomically written checkpoint every ``train.checkpoint_every`` epochs, one metrics line per
+epoch and a summary. ``train(cfg, resume=True)`` continues from the last checkpoint and ends
+with the same weights as an uninterrupted run: every epoch reseeds its shuffling and
+augmentation RNGs from (seed, epoch, rank), so no RNG stream depends on when a run was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from pretrain import distributed as dist_utils
+from pretrain.augment import TwoViews, ViewRecipe, resolve_recipe, simclr_transform
+from pretrain.checkpoint import load_checkpoint, save_checkpoint
+from pretrain.config import PretrainConfig
+from pretrain.config_io import to_dict, write_yaml
+from pretrain.data import ImageDataset, TransformedDataset, load_dataset
+from pretrain.errors import ConfigError, NonFiniteLossError, UserError
+from pretrain.loss import nt_xent
+from pretrain.model import SimCLRModel, build_model
+from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine_schedule
+from pretrain.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    append_jsonl,
+    code_version,
+    hardware,
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request falls back to CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        print("warning: CUDA requested but not available; using the CPU")
+        name = "cpu"
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device: unknown device {name!r}; use auto, cpu or cuda[:N]"
+        ) from None
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A distinct, reproducible seed for each (run seed, epoch, rank)."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+@dataclass
+class RunState:
+    """Everything a resumed run needs besides the model and optimizer."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+
+
+def make_two_view_loader(
+    dataset: ImageDataset,
+    recipe: ViewRecipe,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+) -> DataLoader:
+    """A DataLoader of ``((view1, view2), label)`` batches; full batches only (drop_last)."""
+    two_views = TransformedDataset(dataset, TwoViews(simclr_transform(recipe)))
+    sampler: Any
+    if dist_utils.is_distributed():
+        sampler = DistributedSampler(two_views, shuffle=True, drop_last=True)
+    else:
+        sampler = RandomSampler(two_views, generator=torch.Generator())
+    return DataLoader(
+        two_views,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Reseed shuffling and augmentation for ``epoch`` (makes resume exact)."""
+    rank = dist_utils.rank()
+    torch.manual_seed(epoch_seed(seed, epoch, rank))
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.seed = seed
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
+        sampler.generator.manual_seed(epoch_seed(seed, epoch, rank))
+    if loader.generator is None:
+        loader.generator = torch.Generator()
+    loader.generator.manual_seed(epoch_seed(seed, epoch, rank) + 1)
+
+
+def autocast_context(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterator,
+    optimizer: torch.optim.Optimizer,
+    lrs: list[float],
+    state: RunState,
+    temperature: float,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    progress: bool,
+    num_batches: int,
+) -> dict[str, float]:
+    """One pass over ``batches``; returns the epoch's mean loss, last lr, pairs/s and seconds."""
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    pairs = 0
+    start = time.perf_counter()
+    bar = tqdm(
+        batches,
+        total=num_batches,
+        desc=f"epoch {state.epoch + 1}",
+        leave=False,
+        disable=not progress or not dist_utils.is_main_process(),
+    )
+    lr = lrs[min(state.step, len(lrs) - 1)]
+    for (x1, x2), _ in bar:
+        lr = lrs[state.step]
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = torch.cat([x1, x2]).to(device, non_blocking=True)
+        if channels_last and device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, precision):
+            z = model(x)
+        z1, z2 = z.float().chunk(2)
+        loss = nt_xent(z1, z2, temperature)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite NT-Xent loss ({loss.item()}) at epoch {state.epoch + 1}, "
+                f"step {state.step + 1} (lr {lr:.4g}); lower optim.lr or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.step += 1
+        total_loss += loss.detach()
+        pairs += x1.shape[0]
+        if progress and state.step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+    seconds = time.perf_counter() - start
+    steps = max(1, num_batches)
+    return {
+        "loss": float(total_loss.item()) / steps,
+        "lr": lr,
+        "pairs_per_s": pairs * dist_utils.world_size() / max(seconds, 1e-9),
+        "epoch_time_s": seconds,
+    }
+
+
+def checkpoint_state(
+    model: SimCLRModel,
+    optimizer: torch.optim.Optimizer,
+    state: RunState,
+    cfg: PretrainConfig,
+    lrs: list[float],
+) -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()  # type: ignore[assignment]
+    return {
+        "encoder": model.encoder.state_dict(),
+        "head": model.head.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"step": state.step, "total_steps": len(lrs), "peak_lr": max(lrs)},
+        "epoch": state.epoch,
+        "rng": rng,
+        "config": to_dict(cfg),
+    }
+
+
+def prepare_run_dir(cfg: PretrainConfig, resume: bool) -> Path:
+    run_dir = Path(cfg.train.run_dir) / cfg.run_name()
+    ckpt = run_dir / CHECKPOINT_FILE
+    if resume and not ckpt.is_file():
+        raise UserError(f"--resume: no checkpoint to resume from at {ckpt}")
+    if not resume and ckpt.is_file():
+        raise UserError(
+            f"run directory {run_dir} already holds a checkpoint; pass --resume to continue it "
+            f"or set train.name to start a new run"
+        )
+    if dist_utils.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(to_dict(cfg), run_dir / CONFIG_FILE)
+    return run_dir
+
+
+def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Pretrain SimCLR as configured; returns the summary written to ``summary.json``."""
+    device = resolve_device(cfg.train.device)
+    world = dist_utils.world_size()
+    if cfg.train.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) is the global batch and must be "
+            f"divisible by the number of processes ({world})"
+        )
+    run_dir = prepare_run_dir(cfg, resume)
+    main = dist_utils.is_main_process()
+
+    dataset = load_dataset(
+        cfg.data.name, cfg.data.split, cfg.data.root, cfg.data.cache_dir, cfg.data.limit
+    )
+    per_rank_batch = cfg.train.batch_size // world
+    if len(dataset) < cfg.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) exceeds the {len(dataset)} images of "
+            f"{cfg.data.name}; lower train.batch_size"
+        )
+    recipe = resolve_recipe(cfg.augment, dataset.info)
+    loader = make_two_view_loader(dataset, recipe, per_rank_batch, cfg.data.num_workers, device)
+    steps_per_epoch = len(loader)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model).to(device)
+    if device.type == "cuda" and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    peak_lr = scaled_lr(
+        cfg.optim.lr, cfg.train.batch_size, cfg.optim.lr_scaling, cfg.optim.lr_reference_batch
+    )
+    optimizer = build_optimizer(model, cfg.optim, peak_lr)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    lrs = warmup_cosine_schedule(
+        peak_lr, total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch)
+    )
+    state = RunState()
+    if resume:
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=device)
+        model.encoder.load_state_dict(ckpt["encoder"])
+        model.head.load_state_dict(ckpt["head"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = RunState(epoch=int(ckpt["epoch"]), step=int(ckpt["scheduler"]["step"]))
+        if main:
+            append_jsonl(run_dir / METRICS_FILE, {"event": "resume", "from_epoch": state.epoch})
+    train_model: nn.Module = model
+    if dist_utils.is_distributed():
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    if main:
+        print(
+            f"run {run_dir}: {cfg.model.encoder} + {cfg.model.head} head, "
+            f"{len(dataset)} images, {steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, "
+            f"batch {cfg.train.batch_size}, peak lr {peak_lr:.4g}, device {device}"
+        )
+    started = time.perf_counter()
+    stats: dict[str, float] = {}
+    while state.epoch < cfg.train.epochs:
+        seed_epoch(loader, cfg.train.seed, state.epoch)
+        stats = train_one_epoch(
+            train_model,
+            iter(loader),
+            optimizer,
+            lrs,
+            state,
+            cfg.train.temperature,
+            device,
+            cfg.train.precision,
+            cfg.train.channels_last,
+            cfg.train.progress,
+            steps_per_epoch,
+        )
+        state.epoch += 1
+        last = state.epoch == cfg.train.epochs
+        if main:
+            if last or state.epoch % cfg.train.checkpoint_every == 0:
+                save_checkpoint(
+                    checkpoint_state(model, optimizer, state, cfg, lrs), run_dir / CHECKPOINT_FILE
+                )
+            append_jsonl(
+                run_dir / METRICS_FILE, {"epoch": state.epoch, "step": state.step, **stats}
+            )
+            if cfg.train.progress:
+                print(
+                    f"epoch {state.epoch}/{cfg.train.epochs}  loss {stats['loss']:.4f}  "
+                    f"lr {stats['lr']:.4g}  {stats['pairs_per_s']:.0f} pairs/s"
+                )
+    summary = {
+        "event": "summary",
+        "run_dir": str(run_dir),
+        "epochs": state.epoch,
+        "steps": state.step,
+        "final_loss": stats.get("loss", math.nan),
+        "train_time_s": time.perf_counter() - started,
+        "images": len(dataset),
+        "batch_size": cfg.train.batch_size,
+        "peak_lr": peak_lr,
+        "device": str(device),
+        "hardware": hardware(),
+        "world_size": world,
+        "code_version": code_version(),
+    }
+    if main:
+        append_jsonl(run_dir / METRICS_FILE, summary)
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
