@@ -1,0 +1,20 @@
+"""Detection transfer: torchvision Faster R-CNN fine-tuned from SimCLR backbones.
+
+The MoCo/detectron2 transfer protocol (He et al. 2020, "Momentum Contrast", Sec. 4.2) on
+torchvision's Faster R-CNN (Ren et al. 2015): ResNet-18/34/50 backbones with FPN (Lin et al.
+2017) or C4 (res5 as the ROI head), Pascal VOC XML and COCO JSON data, COCO and VOC metrics.
+
+Modules, one concept each:
+
+* ``config``        the ``DetectionConfig`` dataclasses (data, model, train, eval)
+* ``structures``    image records, invalid-box sanitising, the torch Dataset and collate
+* ``voc``, ``coco`` annotation readers; ``datasets`` resolves archives/folders and class lists
+* ``weights``       backbone initialisation sources (run dir, torchvision/timm file, random)
+* ``backbone``      norm conversion (frozen BN / BN / SyncBN / GN), freezing, FPN and C4 bodies
+* ``model``         ``build_detector``: Faster R-CNN FPN or C4
+* ``schedule``      warm-up + step learning-rate schedule and the deterministic batch order
+* ``train``         the iteration-based loop with atomic checkpoints and exact resume
+* ``voc_eval``, ``coco_eval``, ``evaluate``   metrics and inference
+* ``command``       the ``simclr-transfer detection`` wrapper (config, seeds, records)
+* ``detectron2_engine``  the optional detectron2 path (only when detectron2 is importable)
+"""

@@ -1,0 +1,174 @@
+"""``simclr-transfer detection --config PRESET [options] SOURCE [key=value ...]``: the wrapper.
+
+Reads the config, resolves the backbone source and the data, then for each seed builds the
+detector, fine-tunes it (:func:`.train.train_detector`), evaluates the final model on the
+test split (never a best checkpoint) and appends one record per seed to ``results.jsonl``:
+the run directory's for a run source, ``--output-dir``'s otherwise. With ``--seeds N`` the
+returned metrics are the mean over N seeds and ``<key>_std`` the sample standard deviation
+(MoCo reports the mean of 5 trials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.config_io import load_config, to_dict, write_yaml
+from pretrain.errors import ConfigError
+from pretrain.runs import RESULTS_FILE, append_jsonl, code_version, hardware
+from transfer.detection import distributed as dist
+from transfer.detection.config import DetectionConfig
+from transfer.detection.datasets import load_detection_data
+from transfer.detection.evaluate import detection_metrics, predict
+from transfer.detection.model import make_detector
+from transfer.detection.structures import DetectionDataset
+from transfer.detection.train import CHECKPOINT, resolve_device, train_detector, use_bf16
+from transfer.detection.weights import BackboneSource, load_backbone_source
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
+HEADLINE = ("det/AP", "det/AP50", "det/AP75", "det/VOC07_AP50", "det/VOC_AP50")
+
+
+def resolve_preset(config: str) -> Path:
+    """A YAML path, or a preset name from ``configs/detection/`` (``bccd_r18_fpn``)."""
+    path = Path(config).expanduser()
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        return path
+    preset = PRESET_DIR / f"{config}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"no config file {config!r} and no such preset; presets: {', '.join(names)}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Options first: argparse cannot resume positionals after an option (SOURCE --config X k=v).
+    p.usage = ("simclr-transfer detection --config PRESET [--seeds N] [--output-dir DIR] "
+               "[--resume] [--engine E] [--json] SOURCE [key=value ...]")
+    p.add_argument("source", help="run directory, torchvision/timm .pth/.safetensors, or 'random'")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_iter=100")
+    p.add_argument("--config", required=True, help="YAML file or preset name in configs/detection/")
+    p.add_argument("--seeds", type=int, default=1, help="repeat with seeds seed..seed+N-1")
+    p.add_argument("--output-dir", default="", help="work folders (and records, for non-run sources)")
+    p.add_argument("--resume", action="store_true", help="continue from the work folder's checkpoint")
+    p.add_argument("--engine", choices=["torchvision", "detectron2"], default="torchvision")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def detection_record(metrics: dict[str, float], settings: dict[str, Any], setup: dict[str, Any],
+                     dataset: str, seed: int, wall_s: float, device: str) -> dict[str, Any]:
+    """The result record (the shared shape of every evaluator's records)."""
+    return {
+        "evaluator": "detection",
+        "tap": "h",
+        "dataset": dataset,
+        "metrics": metrics,
+        "settings": settings,
+        "setup": setup,
+        "seed": seed,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_s": round(wall_s, 2),
+        "device": device,
+        "code_version": code_version(),
+    }
+
+
+def output_paths(source: BackboneSource, output_dir: str, name: str, seed: int) -> tuple[Path, Path]:
+    """(work folder of this seed, results.jsonl)."""
+    if source.kind == "run":
+        base = Path(output_dir) if output_dir else Path(source.path) / "detection"
+        return base / f"{name}_s{seed}", Path(source.path) / RESULTS_FILE
+    base = Path(output_dir or "runs/detection")
+    init = "random" if source.kind == "random" else Path(source.path).stem
+    return base / f"{name}_{source.encoder}-{init}_s{seed}", base / RESULTS_FILE
+
+
+def run_seed(cfg: DetectionConfig, source: BackboneSource, train_ds: DetectionDataset,
+             test_ds: DetectionDataset, work_dir: Path, resume: bool) -> tuple[dict, dict, str]:
+    """Fine-tune and evaluate once; returns (metrics, settings extras, device name)."""
+    t = cfg.train
+    device = resolve_device(t.device)
+    distributed = dist.init_from_environment(device)
+    device = dist.local_device(device)
+    if (work_dir / CHECKPOINT).is_file() and not resume:
+        raise ConfigError(f"{work_dir} already holds a checkpoint; pass --resume to continue it "
+                          "or choose another --output-dir")
+    torch.manual_seed(t.seed)
+    model, report, notes = make_detector(cfg.model, source, len(train_ds.classes),
+                                         sync_bn=distributed and device.type == "cuda")
+    if dist.is_main():
+        print(report.summary(source))
+        for note in notes:
+            print(note)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(to_dict(cfg), work_dir / "config.yaml")
+    stats = train_detector(model, train_ds, t, work_dir, device, resume=resume,
+                           num_workers=cfg.data.num_workers)
+    bf16 = use_bf16(t.precision, device)
+    preds = predict(model, test_ds, device, cfg.eval.batch_size, cfg.data.num_workers, bf16,
+                    t.progress)
+    metrics = detection_metrics(test_ds, preds) if dist.is_main() else {}
+    extras = {"train": stats, "loaded_tensors": len(report.loaded),
+              "missing_keys": report.missing, "ignored_keys": report.ignored,
+              "world_size": dist.world_size(), "bf16": bf16}
+    return metrics, extras, hardware() if device.type == "cuda" else f"cpu ({hardware()})"
+
+
+def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over seeds of every key; ``<key>_std`` (ddof=1, 0 for one seed) for headline keys."""
+    out: dict[str, float] = {}
+    for key in per_seed[0]:
+        values = np.array([m[key] for m in per_seed], dtype=float)
+        out[key] = float(np.mean(values))
+        if key in HEADLINE:
+            out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    out["det/n_seeds"] = float(len(per_seed))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    cfg_path = resolve_preset(args.config)
+    cfg = load_config(DetectionConfig, cfg_path, args.overrides)
+    name = cfg.name or cfg_path.stem
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    source = load_backbone_source(args.source, cfg.model.encoder)
+    if args.engine == "detectron2":
+        from transfer.detection.detectron2_engine import run_detectron2
+
+        work_dir, results = output_paths(source, args.output_dir, name, cfg.train.seed)
+        return run_detectron2(cfg, source, work_dir, results)
+    train_ds, test_ds, data_stats = load_detection_data(cfg.data)
+    per_seed = []
+    for i in range(args.seeds):
+        seed = cfg.train.seed + i
+        seed_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+        work_dir, results = output_paths(source, args.output_dir, name, seed_cfg.train.seed)
+        start = time.perf_counter()
+        metrics, extras, device = run_seed(seed_cfg, source, train_ds, test_ds, work_dir, args.resume)
+        if not dist.is_main():
+            continue
+        settings = {"config": to_dict(seed_cfg), "preset": name, "source": source.path or "random",
+                    "engine": "torchvision", "work_dir": str(work_dir),
+                    "train_images": len(train_ds), "test_images": len(test_ds),
+                    "classes": train_ds.classes, **data_stats, **extras}
+        record = detection_record(metrics, settings, source.setup, test_ds.name,
+                                  seed_cfg.train.seed, time.perf_counter() - start, device)
+        append_jsonl(results, record)
+        per_seed.append(metrics)
+        shown = ", ".join(f"{k.split('/')[1]} {metrics[k]:.2f}" for k in HEADLINE)
+        print(f"detection seed {seed_cfg.train.seed}: {shown}  (record: {results})")
+    if not per_seed:
+        return {}
+    summary = aggregate(per_seed)
+    if len(per_seed) > 1:
+        print("detection mean over seeds: " + ", ".join(
+            f"{k.split('/')[1]} {summary[k]:.2f} ± {summary[k + '_std']:.2f}" for k in HEADLINE
+        ) + f" (n={len(per_seed)})")
+    return summary
