@@ -59,9 +59,7 @@ def resolve_recipe(cfg: AugmentConfig, info: DatasetInfo) -> ViewRecipe:
     """Fill a config's ``auto`` values from the dataset's preset."""
     preset_name = info.preset if cfg.preset == "auto" else cfg.preset
     if preset_name not in PRESETS:
-        raise ConfigError(
-            f"unknown augment.preset {cfg.preset!r}; valid: auto, {', '.join(PRESETS)}"
-        )
+        raise ConfigError(f"unknown augment.preset {cfg.preset!r}; valid: auto, {', '.join(PRESETS)}")
     preset = PRESETS[preset_name]
     if cfg.blur not in ("auto", "on", "off"):
         raise ConfigError(f"augment.blur must be auto, on or off; got {cfg.blur!r}")

@@ -27,9 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="section.key=value",
         help="config overrides, e.g. train.epochs=10 model.head=linear optim.lr=0.5",
     )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run from its checkpoint"
-    )
+    parser.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
     return parser
 
 

@@ -68,6 +68,7 @@ class TrainConfig:
     channels_last: bool = True  # used on CUDA only
     run_dir: str = "runs"
     name: str = ""  # run directory name; "" = derived from dataset, encoder, head and seed
+    sync_bn: bool = False  # global BN across ranks under torchrun (SimCLR App. B.1)
     checkpoint_every: int = 1  # epochs between checkpoints
     progress: bool = True  # tqdm bar per epoch
 

@@ -55,9 +55,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(
-                f"{where}: expected a mapping of {_type_name(tp)} keys, got {value!r}"
-            )
+            raise ConfigError(f"{where}: expected a mapping of {_type_name(tp)} keys, got {value!r}")
         return from_dict(tp, value, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

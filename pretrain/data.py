@@ -228,10 +228,7 @@ def _digits_split(split: str) -> tuple[np.ndarray, tuple[int, ...]]:
     # CPU step stays 4x cheaper than at 32x32.
     size = DIGITS_SIZE
     big = np.stack(
-        [
-            np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
-            for im in images[chosen]
-        ]
+        [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images[chosen]]
     )
     rgb = np.repeat(big[..., None], 3, axis=-1)
     rgb.setflags(write=False)

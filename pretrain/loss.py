@@ -49,9 +49,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     positive = torch.cat([local + total, local])  # its other view
     rows = torch.arange(2 * b, device=z1.device)
     logits = logits.masked_fill(
-        torch.zeros_like(logits, dtype=torch.bool).index_put_(
-            (rows, self_index), torch.tensor(True)
-        ),
+        torch.zeros_like(logits, dtype=torch.bool).index_put_((rows, self_index), torch.tensor(True)),
         float("-inf"),
     )
     return F.cross_entropy(logits, positive)

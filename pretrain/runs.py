@@ -91,9 +91,7 @@ def load_run_config(run_dir: str | Path) -> PretrainConfig:
     return from_dict(PretrainConfig, read_yaml(path))
 
 
-def load_run_model(
-    run_dir: str | Path, map_location: str = "cpu"
-) -> tuple[SimCLRModel, PretrainConfig]:
+def load_run_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[SimCLRModel, PretrainConfig]:
     """Rebuild the model of a run directory and load its checkpoint weights (eval mode)."""
     cfg = load_run_config(run_dir)
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, map_location=map_location)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from pretrain import distributed as dist_utils
@@ -42,6 +42,7 @@ from pretrain.runs import (
     code_version,
     hardware,
 )
+from pretrain.sync_bn import convert_sync_batchnorm
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,9 +55,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ConfigError(
-            f"train.device: unknown device {name!r}; use auto, cpu or cuda[:N]"
-        ) from None
+        raise ConfigError(f"train.device: unknown device {name!r}; use auto, cpu or cuda[:N]") from None
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -72,44 +71,52 @@ class RunState:
     step: int = 0  # optimizer steps completed
 
 
-def make_two_view_loader(
-    dataset: ImageDataset,
-    recipe: ViewRecipe,
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
-) -> DataLoader:
-    """A DataLoader of ``((view1, view2), label)`` batches; full batches only (drop_last)."""
-    two_views = TransformedDataset(dataset, TwoViews(simclr_transform(recipe)))
-    sampler: Any
-    if dist_utils.is_distributed():
-        sampler = DistributedSampler(two_views, shuffle=True, drop_last=True)
-    else:
-        sampler = RandomSampler(two_views, generator=torch.Generator())
-    return DataLoader(
-        two_views,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=True,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+class CPUTwoViewBatches:
+    """Two SimCLR views per image from torchvision transforms in DataLoader workers.
 
+    Yields ``((view1, view2), labels)`` with views (B, 3, S, S) float, normalised. Each rank
+    reads its own shard (``DistributedSampler``: one shuffled permutation per epoch shared by
+    all ranks, padded with repeats to a multiple of the world size, then strided by rank), so
+    the ranks together cover the dataset once per epoch; incomplete batches are dropped.
+    """
 
-def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Reseed shuffling and augmentation for ``epoch`` (makes resume exact)."""
-    rank = dist_utils.rank()
-    torch.manual_seed(epoch_seed(seed, epoch, rank))
-    sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler):
-        sampler.seed = seed
-        sampler.set_epoch(epoch)
-    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
-        sampler.generator.manual_seed(epoch_seed(seed, epoch, rank))
-    if loader.generator is None:
-        loader.generator = torch.Generator()
-    loader.generator.manual_seed(epoch_seed(seed, epoch, rank) + 1)
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        recipe: ViewRecipe,
+        batch_size: int,
+        num_workers: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        two_views = TransformedDataset(dataset, TwoViews(simclr_transform(recipe)))
+        self.sampler = DistributedSampler(
+            two_views, num_replicas=world_size, rank=rank, shuffle=True, drop_last=False
+        )
+        self.generator = torch.Generator()
+        self.loader = DataLoader(
+            two_views,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            generator=self.generator,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> None:
+        """Reseed shuffling and augmentation for ``epoch`` (what makes resume exact)."""
+        self.sampler.seed = seed
+        self.sampler.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(seed, epoch, rank))  # augmentation in the main process
+        self.generator.manual_seed(epoch_seed(seed, epoch, rank) + 1)  # worker seeds
+
+    def __iter__(self) -> Iterator:
+        return iter(self.loader)
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -238,11 +245,16 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             f"{cfg.data.name}; lower train.batch_size"
         )
     recipe = resolve_recipe(cfg.augment, dataset.info)
-    loader = make_two_view_loader(dataset, recipe, per_rank_batch, cfg.data.num_workers, device)
-    steps_per_epoch = len(loader)
+    batches = CPUTwoViewBatches(
+        dataset, recipe, per_rank_batch, cfg.data.num_workers, device, dist_utils.rank(), world
+    )
+    steps_per_epoch = len(batches)
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model)
+    if cfg.train.sync_bn and world > 1:
+        model = convert_sync_batchnorm(model, device)  # type: ignore[assignment]
+    model = model.to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     peak_lr = scaled_lr(
@@ -250,9 +262,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     )
     optimizer = build_optimizer(model, cfg.optim, peak_lr)
     total_steps = cfg.train.epochs * steps_per_epoch
-    lrs = warmup_cosine_schedule(
-        peak_lr, total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch)
-    )
+    lrs = warmup_cosine_schedule(peak_lr, total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch))
     state = RunState()
     if resume:
         ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=device)
@@ -277,10 +287,10 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     stats: dict[str, float] = {}
     while state.epoch < cfg.train.epochs:
-        seed_epoch(loader, cfg.train.seed, state.epoch)
+        batches.set_epoch(cfg.train.seed, state.epoch, dist_utils.rank(), world)
         stats = train_one_epoch(
             train_model,
-            iter(loader),
+            iter(batches),
             optimizer,
             lrs,
             state,
@@ -298,9 +308,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
                 save_checkpoint(
                     checkpoint_state(model, optimizer, state, cfg, lrs), run_dir / CHECKPOINT_FILE
                 )
-            append_jsonl(
-                run_dir / METRICS_FILE, {"epoch": state.epoch, "step": state.step, **stats}
-            )
+            append_jsonl(run_dir / METRICS_FILE, {"epoch": state.epoch, "step": state.step, **stats})
             if cfg.train.progress:
                 print(
                     f"epoch {state.epoch}/{cfg.train.epochs}  loss {stats['loss']:.4f}  "

@@ -1,0 +1,333 @@
+"""Two-view batch sources that augment on the training device, and a sync-free training step.
+
+Both sources yield ``((x1, x2), labels)``: x1, x2 normalised float (B, 3, S, S) and labels
+int64 (B,), all on ``device``, exactly like the DataLoader of
+:func:`pretrain.train.make_two_view_loader`; both views of row k come from the same image.
+
+* :class:`GPUTwoViewBatches`: in-memory datasets (``ImageDataset.array``, CIFAR-size, up to a
+  few GB): the uint8 images are copied to the device once; indexing, augmentation and labels
+  never leave it.
+* :class:`DecodedTwoViewBatches`: image files: DataLoader workers only decode and resize to a
+  fixed (D, D) uint8 tensor (no float work on the CPU); crops, colour and blur run on the device.
+
+``set_epoch(seed, epoch, rank, world_size)`` makes an epoch reproducible: the shuffle depends on
+(seed, epoch) only, so the ranks' shards partition one permutation (as ``DistributedSampler``);
+the augmentation generator depends on (seed, epoch, rank). With ``drop_last`` the N % world
+images left over by the shards and each shard's last partial batch are skipped (different ones
+every epoch); without it the permutation is padded with its own head to a multiple of world
+and the last batch is smaller.
+
+:class:`TrainStep` runs one SimCLR step (bf16 autocast, channels_last, optional torch.compile
+and CUDA graphs) without reading anything back to the host; the loss is read on request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pretrain import distributed as dist_utils
+from pretrain.augment import ViewRecipe
+from pretrain.data import ImageDataset
+from pretrain.errors import DataError, NonFiniteLossError
+from pretrain.gpu_augment import GPUAugment
+from pretrain.loss import nt_xent
+
+Batch = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def stream_seed(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> int:
+    """A distinct reproducible seed per (run seed, epoch, rank, stream)."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729 + stream * 15_485_863) % (2**63 - 1)
+
+
+def shard_indices(
+    n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, drop_last: bool = True
+) -> torch.Tensor:
+    """This rank's share of a seeded permutation of range(n): int64 (n // world,) with
+    ``drop_last``, else (ceil(n / world),) from the permutation padded with its head."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    gen = torch.Generator().manual_seed(stream_seed(seed, epoch))
+    perm = torch.randperm(n, generator=gen)
+    if drop_last:
+        perm = perm[: n // world_size * world_size]
+    else:
+        pad = -n % world_size
+        perm = torch.cat([perm, perm[:pad]])
+    return perm[rank::world_size]
+
+
+def _num_batches(n: int, batch_size: int, world_size: int, drop_last: bool) -> int:
+    per_rank = n // world_size if drop_last else -(-n // world_size)
+    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+
+
+class _EpochState:
+    """Shard, batch count and augmentation generator shared by both batch sources."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, device: torch.device) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.drop_last, self.device = n, batch_size, drop_last, device
+        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        self.generator = torch.Generator(device=device)
+        self.indices = torch.empty(0, dtype=torch.long)
+        self.set_epoch(0, 0)
+
+    def set_epoch(
+        self, seed: int, epoch: int, rank: int | None = None, world_size: int | None = None
+    ) -> None:
+        self.rank = self.rank if rank is None else rank
+        self.world_size = self.world_size if world_size is None else world_size
+        self.indices = shard_indices(self.n, seed, epoch, self.rank, self.world_size, self.drop_last)
+        self.generator.manual_seed(stream_seed(seed, epoch, self.rank, stream=1))
+
+    def __len__(self) -> int:
+        return _num_batches(self.n, self.batch_size, self.world_size, self.drop_last)
+
+
+class GPUTwoViewBatches:
+    """Two-view batches of an in-memory dataset, sampled and augmented on ``device``.
+
+    Args:
+        dataset: an :class:`ImageDataset` with ``array`` (N, H, W, 3) uint8.
+        recipe: augmentation settings; ``batch_size``: pairs per batch on this rank.
+        device: where the images, views and labels live.
+        drop_last: skip each epoch's last partial batch (static shapes for compile/graphs).
+        solarize_p: solarisation probability (see :class:`GPUAugment`).
+    """
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        recipe: ViewRecipe,
+        batch_size: int,
+        device: torch.device,
+        drop_last: bool = True,
+        solarize_p: float = 0.0,
+    ) -> None:
+        if dataset.array is None:
+            raise ValueError(f"{dataset.name} is not held in memory; use DecodedTwoViewBatches")
+        array = torch.from_numpy(np.ascontiguousarray(dataset.array))
+        self.images = array.permute(0, 3, 1, 2).contiguous().to(device)  # (N, 3, H, W) uint8
+        self.labels = torch.as_tensor(dataset.targets, dtype=torch.long).to(device)
+        self.augment = GPUAugment(recipe, solarize_p)
+        self.state = _EpochState(len(dataset), batch_size, drop_last, torch.device(device))
+        self._shard = self.state.indices.to(device)
+
+    def set_epoch(
+        self, seed: int, epoch: int, rank: int | None = None, world_size: int | None = None
+    ) -> None:
+        """Reseed shuffling and augmentation for ``epoch`` (rank, world: default torch.distributed)."""
+        self.state.set_epoch(seed, epoch, rank, world_size)
+        self._shard = self.state.indices.to(self.images.device)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def __iter__(self) -> Iterator[Batch]:
+        b = self.state.batch_size
+        for start in range(0, len(self) * b, b):
+            idx = self._shard[start : start + b]
+            x1, x2 = self.augment.two_views(self.images[idx], self.state.generator)
+            yield (x1, x2), self.labels[idx]
+
+
+def decode_fixed_size(img: Image.Image, size: int) -> torch.Tensor:
+    """PIL image -> uint8 (3, size, size): shorter side resized to ``size``, centre square."""
+    img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+class DecodedImages(Dataset):
+    """``(uint8 (3, D, D), label)`` per image of ``base``: decode + resize, nothing else."""
+
+    def __init__(self, base: ImageDataset, size: int) -> None:
+        self.base, self.size = base, size
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.base.files is None:
+            img = self.base.load_image(index)
+        else:
+            path = self.base.files[index]
+            try:
+                with Image.open(path) as opened:
+                    opened.draft("RGB", (self.size, self.size))  # JPEG: decode at reduced scale
+                    img = opened.convert("RGB")
+            except (FileNotFoundError, UnidentifiedImageError, OSError, SyntaxError) as exc:
+                raise DataError(f"cannot read image {path}: {exc}") from None
+        return decode_fixed_size(img, self.size), self.base.targets[index]
+
+
+class _ShardSampler(Sampler[int]):
+    """Yields the current epoch's shard (read in the main process, so set_epoch takes effect)."""
+
+    def __init__(self, state: _EpochState) -> None:
+        self.state = state
+
+    def __len__(self) -> int:
+        return len(self.state.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.state.indices.tolist())
+
+
+class DecodedTwoViewBatches:
+    """Two-view batches of image files: workers decode to uint8 (D, D), ``device`` augments.
+
+    Args: as :class:`GPUTwoViewBatches`, plus ``num_workers`` (decoding processes) and
+    ``decode_size`` D in pixels (0 = S for S <= 64, else S / 0.875 as the evaluation resize).
+    Crops are taken from the central D x D square of each image.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        recipe: ViewRecipe,
+        batch_size: int,
+        device: torch.device,
+        num_workers: int = 0,
+        drop_last: bool = True,
+        decode_size: int = 0,
+        solarize_p: float = 0.0,
+    ) -> None:
+        s = recipe.image_size
+        self.decode_size = decode_size or (s if s <= 64 else round(s / 0.875))
+        self.device = torch.device(device)
+        self.augment = GPUAugment(recipe, solarize_p)
+        self.state = _EpochState(len(dataset), batch_size, drop_last, self.device)
+        self.loader = DataLoader(
+            DecodedImages(dataset, self.decode_size),
+            batch_size=batch_size,
+            sampler=_ShardSampler(self.state),
+            num_workers=num_workers,
+            drop_last=drop_last,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=num_workers > 0,
+        )
+
+    def set_epoch(
+        self, seed: int, epoch: int, rank: int | None = None, world_size: int | None = None
+    ) -> None:
+        """Reseed shuffling and augmentation for ``epoch`` (rank, world: default torch.distributed)."""
+        self.state.set_epoch(seed, epoch, rank, world_size)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, labels in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            x1, x2 = self.augment.two_views(images, self.state.generator)
+            yield (x1, x2), labels.to(self.device, non_blocking=True)
+
+
+def make_device_batches(
+    dataset: ImageDataset,
+    recipe: ViewRecipe,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    drop_last: bool = True,
+) -> GPUTwoViewBatches | DecodedTwoViewBatches:
+    """The device-augmented batch source that fits ``dataset``: in memory, or decoded files."""
+    if dataset.array is not None:
+        return GPUTwoViewBatches(dataset, recipe, batch_size, device, drop_last)
+    return DecodedTwoViewBatches(dataset, recipe, batch_size, device, num_workers, drop_last)
+
+
+class TrainStep:
+    """One SimCLR optimisation step that never waits for the device.
+
+    ``step(x1, x2, lr)`` enqueues forward (bf16 autocast where ``precision`` asks for it,
+    channels_last on CUDA), NT-Xent, backward and ``optimizer.step()``; the loss is summed on
+    the device together with the index of the first non-finite step. ``read_loss()`` is the
+    only host synchronisation: the mean loss since the last read, or NonFiniteLossError.
+
+    Args:
+        compile_mode: "none", or a ``torch.compile`` mode for forward + loss ("default",
+            "reduce-overhead" = CUDA graphs, "max-autotune").
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        temperature: float,
+        device: torch.device,
+        precision: str = "auto",
+        channels_last: bool = True,
+        compile_mode: str = "none",
+    ) -> None:
+        self.model, self.optimizer, self.temperature = model, optimizer, temperature
+        self.device = torch.device(device)
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.channels_last = channels_last and self.device.type == "cuda"
+        self.cuda_graphs = compile_mode == "reduce-overhead"
+        self._forward: Any = self._forward_loss
+        if compile_mode != "none":
+            self._forward = torch.compile(self._forward_loss, mode=compile_mode)
+        self.steps = 0
+        self._sum = torch.zeros((), device=self.device)
+        self._count = 0
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+
+    def _forward_loss(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x1, x2])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        bf16 = torch.autocast(self.device.type, dtype=torch.bfloat16)
+        with bf16 if self.bf16 else nullcontext():
+            z = self.model(x)
+        z1, z2 = z.float().chunk(2)
+        return nt_xent(z1, z2, self.temperature)
+
+    def __call__(self, x1: torch.Tensor, x2: torch.Tensor, lr: float) -> torch.Tensor:
+        """One step on views x1, x2 (B, 3, S, S) at learning rate ``lr``; returns the detached
+        loss (a device scalar: reading it syncs)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self._forward(
+            x1.to(self.device, non_blocking=True), x2.to(self.device, non_blocking=True)
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, self.steps, self._first_bad)
+        self._sum = self._sum + loss
+        self._count += 1
+        self.steps += 1
+        return loss
+
+    def read_loss(self) -> float:
+        """Mean loss over the steps since the last read (one host sync); NaN if none."""
+        first_bad, total = int(self._first_bad), float(self._sum)
+        mean = total / self._count if self._count else float("nan")
+        if first_bad >= 0:
+            raise NonFiniteLossError(
+                f"non-finite NT-Xent loss at step {first_bad + 1} (mean since the last read: "
+                f"{mean}); lower optim.lr or check the data"
+            )
+        self._sum.zero_()
+        self._count = 0
+        return mean
