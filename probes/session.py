@@ -1,0 +1,222 @@
+"""What every frozen-feature probe command shares: arguments, model, data, features, records.
+
+A :class:`ProbeSession` is opened from the parsed command line: it loads the checkpoint once,
+resolves the dataset (default: the run's pretraining dataset), the taps (``all``, ``h,z``, ...)
+and the device, serves cached features per split, and appends records. Plugins can use it too::
+
+    def run(args):
+        session = ProbeSession.open(args)
+        test = session.features("test")
+        ...
+        session.record("mine", tap, metrics, settings, splits={"test": len(test)}, wall_s=...)
+        return session.finish()
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.augment import ViewRecipe, eval_transform, resolve_recipe
+from pretrain.config import AugmentConfig
+from pretrain.data import ImageDataset, load_dataset
+from pretrain.errors import DataError, UserError
+from probes.checkpoints import LoadedModel, load_any
+from probes.features import FeatureSet, load_features, resolve_device, subset
+from probes.records import make_record, pretrain_setup, results_path, write_records
+
+log = logging.getLogger("simclr_transfer.probes")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``RUN`` and the options every probe takes."""
+    parser.add_argument("run", metavar="RUN", help="run directory, or a checkpoint file "
+                        "(torchvision/timm state dict, lightly or solo-learn checkpoint)")
+    parser.add_argument("--dataset", default="", help="digits | cifar10 | imagefolder:PATH "
+                        "(default: the run's pretraining dataset)")
+    parser.add_argument("--data-root", default="", help="archive or folder for the dataset")
+    parser.add_argument("--cache-dir", default="", help="dataset extraction and feature cache "
+                        "(default: the run's data.cache_dir, else .cache/simclr-transfer)")
+    parser.add_argument("--tap", default="all", help="all, or a comma list such as h,z or "
+                        "head.0 (representations to probe)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=0, help="use a seeded random subset of N "
+                        "images per split (0 = all); for smoke tests")
+    parser.add_argument("--image-size", type=int, default=0, help="eval crop size "
+                        "(default: the dataset's)")
+    parser.add_argument("--encoder", default="", help="architecture of an external checkpoint")
+    parser.add_argument("--cifar-stem", action="store_true", help="external ResNet with the "
+                        "3x3 CIFAR stem")
+    parser.add_argument("--output-dir", default="", help="where results.jsonl goes (default: "
+                        "the run directory; beside an external checkpoint)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write features")
+    parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
+
+
+def parse_taps(spec: str, valid: list[str]) -> list[str]:
+    """``"all"`` or a comma list -> taps in model order; unknown names list the valid ones."""
+    if spec.strip() == "all":
+        return list(valid)
+    taps = [t.strip() for t in spec.split(",") if t.strip()]
+    for tap in taps:
+        if tap not in valid:
+            raise UserError(f"unknown tap {tap!r}; valid taps: {', '.join(valid)}, all")
+    if not taps:
+        raise UserError(f"--tap is empty; valid taps: {', '.join(valid)}, all")
+    return [t for t in valid if t in taps]
+
+
+@dataclass
+class ProbeSession:
+    args: argparse.Namespace
+    loaded: LoadedModel
+    dataset_name: str
+    data_root: str
+    cache_dir: str
+    taps: list[str]
+    device: torch.device
+    records: list[dict[str, Any]] = field(default_factory=list)
+    _datasets: dict[str, ImageDataset | None] = field(default_factory=dict)
+    _features: dict[str, FeatureSet] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, args: argparse.Namespace) -> ProbeSession:
+        loaded = load_any(args.run, encoder=args.encoder, cifar_stem=args.cifar_stem)
+        if loaded.unused_keys:
+            shown = ", ".join(loaded.unused_keys[:8])
+            more = f" (+{len(loaded.unused_keys) - 8} more)" if len(loaded.unused_keys) > 8 else ""
+            log.warning("warning: %d checkpoint keys were not used: %s%s",
+                        len(loaded.unused_keys), shown, more)
+        cfg = loaded.config
+        name = args.dataset or (cfg.data.name if cfg else "")
+        if not name:
+            raise UserError("an external checkpoint needs --dataset (digits, cifar10, "
+                            "imagefolder:PATH)")
+        same = cfg is not None and name == cfg.data.name
+        root = args.data_root or (cfg.data.root if same and cfg else "")
+        cache = args.cache_dir or (cfg.data.cache_dir if cfg else "") or ".cache/simclr-transfer"
+        taps = parse_taps(args.tap, loaded.taps)
+        return cls(args, loaded, name, root, cache, taps, resolve_device(args.device))
+
+    # -- data -------------------------------------------------------------------------------
+    def dataset(self, split: str, required: bool = True) -> ImageDataset | None:
+        """Split ``split`` of the dataset (seeded subset under ``--limit``); None if absent."""
+        if split not in self._datasets:
+            try:
+                ds = load_dataset(self.dataset_name, split, self.data_root, self.cache_dir)
+            except DataError:
+                if required:
+                    raise
+                ds = None
+            if ds is not None and self.args.limit and self.args.limit < len(ds):
+                rng = np.random.default_rng(self.args.seed)
+                ds = subset(ds, np.sort(rng.choice(len(ds), self.args.limit, replace=False)))
+            self._datasets[split] = ds
+        return self._datasets[split]
+
+    def has_split(self, split: str, other_than: str = "train") -> bool:
+        """Whether ``split`` exists as its own images (a flat folder answers every split)."""
+        ds, ref = self.dataset(split, required=False), self.dataset(other_than, required=False)
+        if ds is None:
+            return False
+        if ref is not None and ds.files is not None and ds.files == ref.files:
+            return False
+        return True
+
+    def test_split(self, requested: str = "auto") -> str:
+        """``auto``: ``test`` when the dataset has it, else ``val`` (e.g. Tiny ImageNet)."""
+        if requested != "auto":
+            return requested
+        if self.has_split("test"):
+            return "test"
+        if self.has_split("val"):
+            return "val"
+        raise DataError(f"dataset {self.dataset_name} has neither a test nor a val split")
+
+    def recipe(self, split: str = "train") -> ViewRecipe:
+        ds = self.dataset(split)
+        assert ds is not None
+        return resolve_recipe(AugmentConfig(image_size=self.args.image_size), ds.info)
+
+    def features(self, split: str) -> FeatureSet:
+        """Eval-transform features of ``split`` at every session tap (cached)."""
+        if split not in self._features:
+            ds = self.dataset(split)
+            assert ds is not None
+            fs = load_features(
+                self.loaded.model, self.loaded.model_key, ds,
+                f"{self.dataset_name}|{self.data_root}|limit={self.args.limit}"
+                f"|seed={self.args.seed if self.args.limit else 0}",
+                split, eval_transform(self.recipe(split)), self.taps,
+                None if self.args.no_cache else self.cache_dir,
+                self.args.batch_size, self.device, self.args.workers,
+            )
+            self._features[split] = fs
+        return self._features[split]
+
+    def labelled(self, fs: FeatureSet, split: str) -> FeatureSet:
+        if len(fs) == 0 or int(fs.labels.min()) < 0:
+            raise DataError(f"{self.dataset_name} split {split!r} has unlabelled images; this "
+                            "probe needs class labels")
+        return fs
+
+    # -- records ------------------------------------------------------------------------------
+    def record(self, evaluator: str, tap: str, metrics: dict[str, float],
+               settings: dict[str, Any], splits: dict[str, int], wall_s: float,
+               details: dict[str, Any] | None = None) -> dict:
+        """Build one record (see :mod:`probes.records`) and append it to the results file."""
+        rec = make_record(
+            evaluator, tap, self.dataset_name, metrics, settings, pretrain_setup(self.loaded),
+            splits, self.args.seed, wall_s, str(self.device), details,
+        )
+        write_records([rec], results_path(self.loaded, self.args.output_dir))
+        self.records.append(rec)
+        return rec
+
+    def finish(self, suffix: dict[int, str] | None = None) -> dict[str, float]:
+        """Flat result dict ``{"<tap>:<metric>": value}``; prints a table unless ``--json``.
+
+        ``suffix`` maps a record index to a string appended to its metric names (to tell apart
+        several settings of one tap, e.g. ``@t0.07``).
+        """
+        out: dict[str, float] = {}
+        for i, rec in enumerate(self.records):
+            tail = (suffix or {}).get(i, "")
+            for key, value in rec["metrics"].items():
+                out[f"{rec['tap']}:{key}{tail}"] = value
+        if not getattr(self.args, "json", False):
+            print_table(self.records, suffix)
+            print(f"records appended to {results_path(self.loaded, self.args.output_dir)}")
+        return out
+
+
+def print_table(records: list[dict[str, Any]], suffix: dict[int, str] | None = None,
+                file: Any = None) -> None:
+    """A short human-readable table: one row per record, one column per metric."""
+    file = file or sys.stdout
+    if not records:
+        return
+    columns: list[str] = []
+    for rec in records:
+        columns += [k for k in rec["metrics"] if k not in columns]
+    names = [c.split("/", 1)[-1] for c in columns]
+    header = ["tap", "setting"] + names
+    rows = []
+    for i, rec in enumerate(records):
+        setting = (suffix or {}).get(i, "").lstrip("@")
+        rows.append([rec["tap"], setting or "-"] + [
+            f"{rec['metrics'][c]:.4g}" if c in rec["metrics"] else "" for c in columns])
+    widths = [max(len(str(r[j])) for r in [header] + rows) for j in range(len(header))]
+    print(f"{records[0]['evaluator']} on {records[0]['dataset']}", file=file)
+    for row in [header] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)), file=file)
+
