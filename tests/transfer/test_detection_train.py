@@ -45,13 +45,15 @@ def test_finetune_from_a_run_directory_records_ap(tmp_path: Path, bccd: Path, da
     assert "dropped 1 invalid boxes" in out.err  # BloodImage_00343 is in train
     (record,) = _records(run / "results.jsonl")
     assert record["evaluator"] == "detection" and record["tap"] == "h"
-    expected = {"encoder": "resnet18", "head": "mlp", "num_layers": 2, "epochs": 1, "seed": 0,
-                "batch_size": 256}
+    expected = {"source": "run", "encoder": "resnet18", "head": "mlp", "num_layers": 2,
+                "epochs": 1, "pretrain_seed": 0, "batch_size": 256}
     assert {k: record["setup"][k] for k in expected} == expected
     m = record["metrics"]
     for key in ("det/AP", "det/AP50", "det/AP75", "det/VOC07_AP50", "det/VOC_AP50",
                 "det/VOC07_AP50/RBC", "det/VOC_AP50/Platelets"):
         assert math.isfinite(m[key]) and 0.0 <= m[key] <= 100.0
+    assert record["dataset"] == "voc:det_bccd_voc:test"
+    assert record["splits"] == {"train": 8, "test": 4}
     assert record["settings"]["train"]["iterations"] == 2
     assert record["settings"]["dropped_train"] == 1
     log = _records(run / "detection" / "bccd_r18_fpn_s0" / "train_log.jsonl")
@@ -70,6 +72,10 @@ def test_random_init_with_two_seeds_reports_mean_and_std(tmp_path: Path, bccd: P
     records = _records(out / "results.jsonl")
     assert [r["seed"] for r in records] == [0, 1]
     assert records[0]["setup"]["init"] == "random"
+    # seeds differ in their seed, work folder and training stats only: one table cell
+    same = [{k: v for k, v in r["settings"].items() if k not in ("work_dir", "train")}
+            for r in records]
+    assert same[0] == same[1] and records[0]["setup"] == records[1]["setup"]
     assert (out / "bccd_r18_fpn_resnet18-random_s1" / "checkpoint.pt").is_file()
     assert main(args) == 2  # the work folders hold checkpoints: --resume or another folder
 

@@ -21,7 +21,8 @@ import torch
 
 from pretrain.config_io import load_config, to_dict, write_yaml
 from pretrain.errors import ConfigError
-from pretrain.runs import RESULTS_FILE, append_jsonl, code_version, hardware
+from pretrain.runs import RESULTS_FILE, append_jsonl
+from probes.records import make_record
 from transfer.detection import distributed as dist
 from transfer.detection.config import DetectionConfig
 from transfer.detection.datasets import load_detection_data
@@ -61,22 +62,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
+# Config values that say where or how fast, not what: left out of a record's settings, so that
+# records of one setup (seeds apart) share a table cell. The seed is the record's own field.
+NOT_SETTINGS = {
+    "data": ("cache_dir", "num_workers"),
+    "train": ("seed", "device", "progress", "checkpoint_every", "log_every"),
+    "eval": ("batch_size",),
+}
+
+
+def record_settings(cfg: DetectionConfig) -> dict[str, Any]:
+    """The resolved config as a record's settings (minus :data:`NOT_SETTINGS`)."""
+    settings = to_dict(cfg)
+    settings.pop("name", None)
+    for section, keys in NOT_SETTINGS.items():
+        for key in keys:
+            settings[section].pop(key, None)
+    return settings
+
+
 def detection_record(metrics: dict[str, float], settings: dict[str, Any], setup: dict[str, Any],
-                     dataset: str, seed: int, wall_s: float, device: str) -> dict[str, Any]:
-    """The result record (the shared shape of every evaluator's records)."""
-    return {
-        "evaluator": "detection",
-        "tap": "h",
-        "dataset": dataset,
-        "metrics": metrics,
-        "settings": settings,
-        "setup": setup,
-        "seed": seed,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "wall_s": round(wall_s, 2),
-        "device": device,
-        "code_version": code_version(),
-    }
+                     dataset: str, splits: dict[str, int], seed: int, wall_s: float,
+                     device: str) -> dict[str, Any]:
+    """The result record, built by the shared ``probes.records.make_record``."""
+    return make_record("detection", "h", dataset, metrics, settings, setup, splits, seed, wall_s,
+                       device)
 
 
 def output_paths(source: BackboneSource, output_dir: str, name: str, seed: int) -> tuple[Path, Path]:
@@ -117,7 +127,7 @@ def run_seed(cfg: DetectionConfig, source: BackboneSource, train_ds: DetectionDa
     extras = {"train": stats, "loaded_tensors": len(report.loaded),
               "missing_keys": report.missing, "ignored_keys": report.ignored,
               "world_size": dist.world_size(), "bf16": bf16}
-    return metrics, extras, hardware() if device.type == "cuda" else f"cpu ({hardware()})"
+    return metrics, extras, device.type
 
 
 def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
@@ -154,11 +164,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         metrics, extras, device = run_seed(seed_cfg, source, train_ds, test_ds, work_dir, args.resume)
         if not dist.is_main():
             continue
-        settings = {"config": to_dict(seed_cfg), "preset": name, "source": source.path or "random",
-                    "engine": "torchvision", "work_dir": str(work_dir),
-                    "train_images": len(train_ds), "test_images": len(test_ds),
-                    "classes": train_ds.classes, **data_stats, **extras}
-        record = detection_record(metrics, settings, source.setup, test_ds.name,
+        settings = {**record_settings(seed_cfg), "preset": name, "engine": "torchvision",
+                    "work_dir": str(work_dir), "classes": train_ds.classes, **data_stats,
+                    **extras}
+        splits = {"train": len(train_ds), "test": len(test_ds)}
+        record = detection_record(metrics, settings, source.setup, test_ds.name, splits,
                                   seed_cfg.train.seed, time.perf_counter() - start, device)
         append_jsonl(results, record)
         per_seed.append(metrics)

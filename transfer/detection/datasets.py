@@ -44,7 +44,13 @@ def resolve_root(root: str, cache_dir: str) -> Path:
 
 
 def _describe(spec: DatasetSpec) -> str:
-    return f"{spec.format}:{spec.root}:{spec.split}"
+    """``voc:det_bccd_voc:test``: format, root's base name (no archive suffix), split."""
+    name = spec.root.split(":", 1)[1] if spec.root.startswith("shared:") else spec.root
+    name = Path(name.rstrip("/")).name
+    for suffix in ARCHIVE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    sub = f"/{spec.subdir}" if spec.subdir else ""
+    return f"{spec.format}:{name}{sub}:{spec.split}"
 
 
 def _warn(report: BoxReport, name: str) -> None:

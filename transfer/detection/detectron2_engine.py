@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from pretrain.errors import ConfigError
-from pretrain.runs import append_jsonl, hardware
+from pretrain.runs import append_jsonl
 from transfer.detection.config import DatasetSpec, DetectionConfig
 from transfer.detection.datasets import resolve_root
 from transfer.detection.weights import BackboneSource
@@ -128,7 +128,9 @@ def run_detectron2(cfg: DetectionConfig, source: BackboneSource, work_dir: Path,
     metrics = {f"{prefix}{k}": float(v) for k, v in raw.items() if not k.startswith("AP-")}
     settings = {"engine": "detectron2", "detectron2_config": config,
                 "unmapped_keys": mapping.unmapped, "skipped_keys": list(mapping.skipped)}
+    splits = {"train": len(train_ds)}
     append_jsonl(results, detection_record(metrics, settings, source.setup, cfg.data.test.root,
-                                           cfg.train.seed, time.perf_counter() - start, hardware()))
+                                           splits, cfg.train.seed, time.perf_counter() - start,
+                                           "cuda"))
     print(f"detectron2 metrics: {metrics}")
     return metrics

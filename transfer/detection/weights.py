@@ -114,6 +114,29 @@ def pretraining_normalization(run_cfg: Any) -> tuple[tuple, tuple]:
     return tuple(chosen["mean"]), tuple(chosen["std"])
 
 
+def run_setup(run_cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """The pretraining fields of a record's ``setup`` (the names ``probes.records`` uses)."""
+    m, t = run_cfg.model, run_cfg.train
+    return {
+        "source": "run",
+        "checkpoint": str((run_dir / CHECKPOINT_FILE).resolve()),
+        "encoder": m.encoder,
+        "cifar_stem": m.cifar_stem,
+        "head": m.head,
+        "num_layers": m.num_layers if m.head == "mlp" else 0,
+        "hidden_dim": m.hidden_dim,
+        "out_dim": m.out_dim,
+        "bn": m.bn,
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "temperature": t.temperature,
+        "optimizer": run_cfg.optim.name,
+        "pretrain_seed": t.seed,
+        "pretrain_dataset": run_cfg.data.name,
+        "run_dir": str(run_dir.resolve()),
+    }
+
+
 def load_backbone_source(source: str, encoder: str = "") -> BackboneSource:
     """Resolve ``source`` (run dir, weights file or ``random``); ``encoder`` must agree."""
     if encoder and encoder not in RESNETS:
@@ -121,7 +144,8 @@ def load_backbone_source(source: str, encoder: str = "") -> BackboneSource:
     if source == "random":
         if not encoder:
             raise ConfigError("random init needs model.encoder=resnet18|resnet34|resnet50")
-        return BackboneSource("random", "", encoder, setup={"encoder": encoder, "init": "random"})
+        setup = {"source": "random", "init": "random", "encoder": encoder, "cifar_stem": False}
+        return BackboneSource("random", "", encoder, setup=setup)
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
@@ -137,13 +161,9 @@ def load_backbone_source(source: str, encoder: str = "") -> BackboneSource:
         if not isinstance(state.get("encoder"), dict):
             raise CheckpointError(f"{path / CHECKPOINT_FILE} has no 'encoder' weights")
         head = [f"head.{k}" for k in state.get("head", {})]
-        m, t = run_cfg.model, run_cfg.train
         mean, std = pretraining_normalization(run_cfg)
-        setup = {"encoder": arch, "head": m.head, "num_layers": m.num_layers,
-                 "epochs": t.epochs, "batch_size": t.batch_size, "seed": t.seed,
-                 "cifar_stem": m.cifar_stem, "pretrain_dataset": run_cfg.data.name,
-                 "init": "run"}
-        return BackboneSource("run", str(path), arch, m.cifar_stem, dict(state["encoder"]),
+        setup = run_setup(run_cfg, path)
+        return BackboneSource("run", str(path), arch, run_cfg.model.cifar_stem, dict(state["encoder"]),
                               head, setup, mean, std)  # type: ignore[arg-type]
     if not path.is_file():
         raise CheckpointError(f"backbone source not found: {source} (a run directory, a .pth/"
@@ -155,7 +175,8 @@ def load_backbone_source(source: str, encoder: str = "") -> BackboneSource:
     if encoder and encoder != arch:
         raise ConfigError(f"model.encoder={encoder} but {path} holds {arch} weights")
     cifar = tuple(weights["conv1.weight"].shape[-2:]) == (3, 3) if "conv1.weight" in weights else False
-    setup = {"encoder": arch, "init": "file", "weights": str(path)}
+    setup = {"source": "file", "init": path.stem, "encoder": arch, "cifar_stem": cifar,
+             "checkpoint": str(path.resolve())}
     return BackboneSource("file", str(path), arch, cifar, weights, dropped, setup)
 
 
