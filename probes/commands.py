@@ -134,8 +134,7 @@ def run_linear(args: argparse.Namespace) -> dict[str, float]:
         }
         s.record("linear", tap, metrics, settings,
                  {"train": len(tr[1]), "val": len(va[1]), "test": len(te[1])},
-                 time.perf_counter() - start,
-                 details={"val_curve": res.val_curve, "iterations": res.iterations})
+                 time.perf_counter() - start)
     return s.finish()
 
 

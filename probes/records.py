@@ -90,14 +90,14 @@ def make_record(
     seed: int,
     wall_s: float,
     device: str,
-    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One result record in the shape documented above (see the module docstring).
 
-    ``details`` holds diagnostics that are neither metrics nor settings (a validation curve,
-    solver iterations); it is stored under ``"details"`` when given.
+    Every field but ``time``, ``wall_s``, ``device``, ``hardware`` and ``code_version`` must be
+    reproducible: table building treats two records of one seed that differ elsewhere as
+    different setups.
     """
-    record = {
+    return {
         "evaluator": evaluator,
         "tap": tap,
         "dataset": dataset,
@@ -112,9 +112,6 @@ def make_record(
         "hardware": hardware() if device.startswith("cuda") else hardware_cpu(),
         "code_version": code_version(),
     }
-    if details:
-        record["details"] = dict(details)
-    return record
 
 
 def hardware_cpu() -> str:

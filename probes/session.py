@@ -87,6 +87,7 @@ class ProbeSession:
     records: list[dict[str, Any]] = field(default_factory=list)
     _datasets: dict[str, ImageDataset | None] = field(default_factory=dict)
     _features: dict[str, FeatureSet] = field(default_factory=dict)
+    _setup: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, args: argparse.Namespace) -> ProbeSession:
@@ -171,12 +172,13 @@ class ProbeSession:
 
     # -- records ------------------------------------------------------------------------------
     def record(self, evaluator: str, tap: str, metrics: dict[str, float],
-               settings: dict[str, Any], splits: dict[str, int], wall_s: float,
-               details: dict[str, Any] | None = None) -> dict:
+               settings: dict[str, Any], splits: dict[str, int], wall_s: float) -> dict:
         """Build one record (see :mod:`probes.records`) and append it to the results file."""
+        if self._setup is None:
+            self._setup = pretrain_setup(self.loaded)
         rec = make_record(
-            evaluator, tap, self.dataset_name, metrics, settings, pretrain_setup(self.loaded),
-            splits, self.args.seed, wall_s, str(self.device), details,
+            evaluator, tap, self.dataset_name, metrics, settings, self._setup,
+            splits, self.args.seed, wall_s, str(self.device),
         )
         write_records([rec], results_path(self.loaded, self.args.output_dir))
         self.records.append(rec)

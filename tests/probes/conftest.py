@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 
 def _root_conftest():
@@ -29,10 +30,12 @@ make_run_dir: Callable[..., Path] = _root_conftest().make_run_dir
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
-    """Tiny tensors: a second thread only adds wake-up latency (badly so on a shared machine)."""
+    """Tiny problems: a second thread only adds wake-up latency, badly so on a loaded machine
+    (20x on the 2-core CI box), for torch and for scikit-learn's OpenMP/BLAS pools alike."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(1):
+        yield
     torch.set_num_threads(before)
 
 
