@@ -57,17 +57,24 @@ class ViewParams:
         return int(self.boxes.shape[0])
 
     def to(self, device: torch.device) -> ViewParams:
-        return ViewParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)}
+        return ViewParams(**moved)
 
 
-def jitter_ranges(strength: float) -> torch.Tensor:
-    """(4, 2) [low, high] of the brightness, contrast, saturation factors and the hue shift for
-    colour strength s: ``ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)`` (SimCLR App. A)."""
+def device_constant(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """A small constant on ``like``'s device, made by fill kernels: ``torch.tensor(values,
+    device=cuda)`` would be a blocking host-to-device copy, i.e. a synchronisation."""
+    return torch.stack([torch.full((), float(v), device=like.device, dtype=like.dtype) for v in values])
+
+
+def jitter_ranges(strength: float) -> list[tuple[float, float]]:
+    """[low, high] of the brightness, contrast, saturation factors and the hue shift (turns)
+    for colour strength s: ``ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)`` (SimCLR App. A)."""
     b = 0.8 * strength
     h = 0.2 * strength
     if h > 0.5:
         raise ValueError(f"colour strength {strength} gives a hue range above 0.5 turns")
-    return torch.tensor([[max(0.0, 1 - b), 1 + b]] * 3 + [[-h, h]], dtype=torch.float64)
+    return [(max(0.0, 1 - b), 1 + b)] * 3 + [(-h, h)]
 
 
 def sample_crop_boxes(
@@ -117,8 +124,8 @@ def sample_view_params(
     u = torch.rand((n, 2 * t + 17), generator=generator, device=generator.device, dtype=torch.float64)
     boxes = sample_crop_boxes(u[:, : 2 * t + 2], height, width, (recipe.crop_scale_min, 1.0))
     r = u[:, 2 * t + 2 :]  # 15 more columns
-    ranges = jitter_ranges(recipe.color_strength).to(u.device)
-    factors = ranges[:, 0] + (ranges[:, 1] - ranges[:, 0]) * r[:, 3:7]
+    ranges = jitter_ranges(recipe.color_strength)
+    factors = torch.stack([lo + (hi - lo) * r[:, 3 + k] for k, (lo, hi) in enumerate(ranges)], 1)
     sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * r[:, 13]
     blur = (r[:, 12] < BLUR_P) & recipe.blur
     return ViewParams(
@@ -184,7 +191,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     max_b = ~max_g & ~max_r
     hue = (bc - gc) * max_r + (2.0 + rc - bc) * max_g + (4.0 + gc - rc) * max_b
     hue = torch.remainder(hue / 6.0 + 1.0 + shift.view(-1, 1, 1).to(x.dtype), 1.0)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = device_constant((5.0, 3.0, 1.0), x).view(1, 3, 1, 1)
     k = torch.remainder(n + 6.0 * hue.unsqueeze(1), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return maxc.unsqueeze(1) - chroma.unsqueeze(1) * ramp
@@ -199,7 +206,7 @@ def color_jitter(
     (y = 0, the mean luma of the image, its luma image), so each position of the order runs
     one blend with per-image coefficients and one masked hue rotation: 4 passes, not 16.
     """
-    neutral = torch.tensor([1.0, 1.0, 1.0, 0.0], device=x.device, dtype=factors.dtype)
+    neutral = device_constant((1.0, 1.0, 1.0, 0.0), factors)
     factors = torch.where(apply.unsqueeze(1), factors, neutral)
     for position in range(4):
         op = order[:, position]
@@ -222,7 +229,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     half = (kernel_size - 1) / 2
     t = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)
     kernel = torch.softmax(-0.5 * (t / sigma.to(x.dtype).view(-1, 1)) ** 2, dim=1)  # (B, K)
-    kernel = kernel.repeat_interleave(c, dim=0)  # (B*C, K): one kernel per image and channel
+    kernel = kernel.unsqueeze(1).expand(b, c, kernel_size).reshape(b * c, kernel_size)  # per channel
     pad = kernel_size // 2
     flat = F.pad(x.reshape(1, b * c, height, width), [pad, pad, pad, pad], mode="reflect")
     flat = F.conv2d(flat, kernel.view(b * c, 1, kernel_size, 1), groups=b * c)
@@ -259,8 +266,8 @@ def apply_view_params(
     if solarize:
         flip = params.solarize.view(-1, 1, 1, 1) & (y >= SOLARIZE_THRESHOLD)
         y = torch.where(flip, 1.0 - y, y)
-    mean = torch.tensor(recipe.mean, device=y.device, dtype=y.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(recipe.std, device=y.device, dtype=y.dtype).view(1, 3, 1, 1)
+    mean = device_constant(recipe.mean, y).view(1, 3, 1, 1)
+    std = device_constant(recipe.std, y).view(1, 3, 1, 1)
     return (y - mean) / std
 
 

@@ -116,8 +116,8 @@ class GPUTwoViewBatches:
     ) -> None:
         if dataset.array is None:
             raise ValueError(f"{dataset.name} is not held in memory; use DecodedTwoViewBatches")
-        array = torch.from_numpy(np.ascontiguousarray(dataset.array))
-        self.images = array.permute(0, 3, 1, 2).contiguous().to(device)  # (N, 3, H, W) uint8
+        nchw = np.ascontiguousarray(dataset.array.transpose(0, 3, 1, 2))  # a writable copy
+        self.images = torch.from_numpy(nchw).to(device)  # (N, 3, H, W) uint8
         self.labels = torch.as_tensor(dataset.targets, dtype=torch.long).to(device)
         self.augment = GPUAugment(recipe, solarize_p)
         self.state = _EpochState(len(dataset), batch_size, drop_last, torch.device(device))
@@ -148,7 +148,7 @@ def decode_fixed_size(img: Image.Image, size: int) -> torch.Tensor:
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
     img = img.crop((left, top, left + size, top + size))
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
@@ -263,8 +263,17 @@ class TrainStep:
     only host synchronisation: the mean loss since the last read, or NonFiniteLossError.
 
     Args:
+        model: the SimCLR model (or its DDP wrapper), already on ``device`` (channels_last there).
+        optimizer: any optimizer over its parameters; ``lr`` is set per step.
+        temperature: NT-Xent tau.
+        precision: "auto" (bf16 on CUDA, fp32 elsewhere), "bf16" or "fp32".
+        channels_last: feed NHWC-strided inputs on CUDA (ignored on the CPU).
         compile_mode: "none", or a ``torch.compile`` mode for forward + loss ("default",
-            "reduce-overhead" = CUDA graphs, "max-autotune").
+            "reduce-overhead" = CUDA graphs, "max-autotune"); backward and the optimizer run
+            eagerly.
+
+    Attributes:
+        steps: steps taken; set it after a resume so that errors name the global step.
     """
 
     def __init__(
@@ -305,13 +314,15 @@ class TrainStep:
         loss (a device scalar: reading it syncs)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: graph outputs may be reused
         loss = self._forward(
             x1.to(self.device, non_blocking=True), x2.to(self.device, non_blocking=True)
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        loss = loss.detach()
+        loss = loss.detach().clone()  # a CUDA-graph output is overwritten by the next replay
         bad = ~torch.isfinite(loss) & (self._first_bad < 0)
         self._first_bad = torch.where(bad, self.steps, self._first_bad)
         self._sum = self._sum + loss
