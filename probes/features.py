@@ -142,7 +142,7 @@ def read_cached(path: Path, labels: torch.Tensor) -> torch.Tensor | None:
         elif data["checksum"] != checksum(feats):
             problem = "checksum mismatch"
     except Exception as exc:  # any unreadable file is rebuilt, never trusted
-        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        problem = f"{type(exc).__name__}: {str(exc)[:60]}".strip(": ")
     if problem:
         log.warning("warning: corrupt feature cache %s (%s); rebuilding it", path, problem)
         return None

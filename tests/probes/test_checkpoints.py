@@ -1,0 +1,144 @@
+"""External checkpoints: torchvision, lightly and solo-learn key layouts map onto our model.
+
+Each fake checkpoint is made from a real model's state dict with the other library's key names,
+so a correct mapping must reproduce the reference model's outputs exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from pretrain.checkpoint import save_checkpoint
+from pretrain.errors import CheckpointError
+from probes.checkpoints import load_any
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """A torchvision ResNet-18 with the CIFAR stem and random weights (and non-trivial BN)."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=7)
+    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def features_of(net):
+    """h of a torchvision ResNet: everything but fc."""
+    with torch.no_grad():
+        trunk = nn.Sequential(*list(net.children())[:-1])
+        return trunk(X).flatten(1)
+
+
+def test_torchvision_state_dict(resnet, tmp_path):
+    path = tmp_path / "tv.pth"
+    torch.save(resnet.state_dict(), path)
+    loaded = load_any(path, encoder="resnet18", cifar_stem=True)
+    assert loaded.source == "torchvision"
+    assert loaded.taps == ["h"]
+    assert loaded.unused_keys == ["fc.bias", "fc.weight"]
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.forward_taps(X)["h"], features_of(resnet), atol=1e-5)
+
+
+def test_lightly_checkpoint_with_sequential_backbone_and_bn_head(resnet, tmp_path):
+    backbone = nn.Sequential(*list(resnet.children())[:-1])  # lightly's examples: backbone.0 = conv1
+    torch.manual_seed(1)
+    head = nn.Sequential(  # lightly SimCLRProjectionHead(512, 64, 32): Linear, BN, ReLU, Linear, BN
+        nn.Linear(512, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(),
+        nn.Linear(64, 32, bias=False), nn.BatchNorm1d(32),
+    ).eval()
+    head[1].running_mean.uniform_(-1, 1)
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"projection_head.layers.{k}": v for k, v in head.state_dict().items()})
+    path = tmp_path / "lightly.ckpt"
+    save_checkpoint({"state_dict": state, "epoch": 7}, path)
+    loaded = load_any(path, encoder="resnet18", cifar_stem=True)
+    assert loaded.source == "lightly"
+    assert loaded.taps == ["h", "head.0", "z"]
+    assert loaded.unused_keys == []
+    h_ref = features_of(resnet)
+    with torch.no_grad():
+        out = loaded.model.forward_taps(X)
+        assert torch.allclose(out["h"], h_ref, atol=1e-5)
+        assert torch.allclose(out["head.0"], head[:3](h_ref), atol=1e-5)
+        assert torch.allclose(out["z"], head(h_ref), atol=1e-5)
+
+
+def test_solo_learn_checkpoint_reports_its_classifier_as_unused(resnet, tmp_path):
+    torch.manual_seed(2)
+    projector = nn.Sequential(nn.Linear(512, 48), nn.ReLU(), nn.Linear(48, 16))  # solo SimCLR
+    state = {f"backbone.{k}": v for k, v in resnet.state_dict().items() if not k.startswith("fc")}
+    state.update({f"projector.{k}": v for k, v in projector.state_dict().items()})
+    state["classifier.weight"] = torch.randn(10, 512)  # solo-learn's online linear classifier
+    state["classifier.bias"] = torch.zeros(10)
+    path = tmp_path / "solo.ckpt"
+    save_checkpoint({"state_dict": state, "epoch": 3, "global_step": 100}, path)
+    loaded = load_any(path, encoder="resnet18", cifar_stem=True)
+    assert loaded.source == "solo-learn"
+    assert loaded.unused_keys == ["classifier.bias", "classifier.weight"]
+    assert loaded.taps == ["h", "head.0", "z"]
+    with torch.no_grad():
+        out = loaded.model.forward_taps(X)
+        assert torch.allclose(out["z"], projector(features_of(resnet)), atol=1e-5)
+
+
+def test_unrepresentable_head_is_reported_not_dropped_silently(resnet, tmp_path):
+    state = {f"backbone.{k}": v for k, v in resnet.state_dict().items() if not k.startswith("fc")}
+    # BN on the hidden layer only: our head has BN on all layers or none
+    state.update({"projector.0.weight": torch.randn(32, 512), "projector.1.weight": torch.ones(32),
+                  "projector.1.bias": torch.zeros(32), "projector.1.running_mean": torch.zeros(32),
+                  "projector.1.running_var": torch.ones(32), "projector.3.weight": torch.randn(8, 32),
+                  "projector.3.bias": torch.zeros(8)})
+    path = tmp_path / "odd.ckpt"
+    save_checkpoint({"state_dict": state}, path)
+    loaded = load_any(path, encoder="resnet18", cifar_stem=True)
+    assert loaded.taps == ["h"]
+    assert len(loaded.unused_keys) == 7 and all(k.startswith("projector.") for k in loaded.unused_keys)
+
+
+def test_wrong_architecture_is_an_error_naming_the_fix(resnet, tmp_path):
+    path = tmp_path / "tv.pth"
+    torch.save(resnet.state_dict(), path)
+    with pytest.raises(CheckpointError, match="cifar-stem"):
+        load_any(path, encoder="resnet18", cifar_stem=False)  # 3x3 conv1 vs 7x7
+    with pytest.raises(CheckpointError, match="165 missing"):
+        load_any(path, encoder="resnet50", cifar_stem=True)
+
+
+def test_external_file_needs_an_encoder_and_missing_paths_are_named(resnet, tmp_path):
+    path = tmp_path / "tv.pth"
+    torch.save(resnet.state_dict(), path)
+    with pytest.raises(CheckpointError, match="--encoder"):
+        load_any(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_any(tmp_path / "nope")
+
+
+def test_run_directory_and_its_checkpoint_file(digits_run):
+    a = load_any(digits_run)
+    b = load_any(digits_run / "checkpoint.pt")
+    assert a.source == b.source == "run"
+    assert a.taps == ["h", "head.0", "z"]
+    assert a.checkpoint_hash == b.checkpoint_hash and len(a.checkpoint_hash) == 64
+    assert a.config is not None and a.config.model.encoder == "small_cnn"
+    assert not a.model.training
+
+
+def test_our_checkpoint_without_its_config(digits_run, tmp_path):
+    copy = tmp_path / "elsewhere.pt"
+    copy.write_bytes((digits_run / "checkpoint.pt").read_bytes())
+    ours, theirs = load_any(digits_run), load_any(copy, encoder="small_cnn")
+    assert theirs.taps == ours.taps and theirs.unused_keys == []
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours.model(x), theirs.model(x), atol=1e-6)
