@@ -8,7 +8,7 @@
 plus the augmentation of (b) alone. Prints pairs/s and the ratios b/c and b/a (issue 6 targets
 on one H100, CIFAR-10, ResNet-18 with CIFAR stem, batch 512, bf16: b/c >= 4, b/a >= 0.85).
 
-The training step (:class:`pretrain.gpu_data.TrainStep`) never synchronises; each measurement
+The training step (:class:`pretrain.step.TrainStep`) never synchronises; each measurement
 runs ``--warmup`` untimed steps, then ``--steps`` timed steps closed by one synchronisation.
 See bench/README.md for the commands.
 """
@@ -29,7 +29,8 @@ from pretrain.augment import ViewRecipe, resolve_recipe
 from pretrain.config import AugmentConfig, ModelConfig, OptimConfig
 from pretrain.data import DatasetInfo, ImageDataset, load_dataset
 from pretrain.encoders import encoder_names
-from pretrain.gpu_data import GPUTwoViewBatches, TrainStep
+from pretrain.gpu_data import GPUTwoViewBatches
+from pretrain.step import TrainStep
 from pretrain.model import build_model
 from pretrain.optim import build_optimizer
 from pretrain.train import CPUTwoViewBatches, resolve_device

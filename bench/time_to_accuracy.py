@@ -1,7 +1,7 @@
 """Time to accuracy: SimCLR for a fixed wall-clock budget, then weighted k-NN on the test set.
 
 Trains an encoder + MLP head with the device pipeline (:class:`pretrain.gpu_data.GPUTwoViewBatches`
-and the sync-free :class:`pretrain.gpu_data.TrainStep`) until ``--budget-s`` seconds of training
+and the sync-free :class:`pretrain.step.TrainStep`) until ``--budget-s`` seconds of training
 have passed (the clock includes compilation and warm-up), with the learning rate scheduled on
 the *elapsed fraction of the budget* (linear warm-up, then cosine to 0), so the schedule ends
 when the budget does whatever the throughput. Then it extracts encoder features h of the

@@ -41,7 +41,9 @@ class AugmentConfig:
     color_p: float = 0.8
     gray_p: float = 0.2
     blur: str = "auto"  # auto | on | off  (Gaussian blur, p=0.5, for large images only)
-    device: str = "cpu"  # cpu: torchvision transforms in DataLoader workers
+    # auto: gpu when CUDA is present | gpu: batched per-sample augmentation on the training
+    # device (works on CPU tensors too) | cpu: torchvision transforms in DataLoader workers
+    device: str = "auto"
 
 
 @dataclass
@@ -68,6 +70,8 @@ class TrainConfig:
     channels_last: bool = True  # used on CUDA only
     run_dir: str = "runs"
     name: str = ""  # run directory name; "" = derived from dataset, encoder, head and seed
+    compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune
+    log_every: int = 50  # steps between loss read-backs (the step's only host synchronisation)
     sync_bn: bool = False  # global BN across ranks under torchrun (SimCLR App. B.1)
     checkpoint_every: int = 1  # epochs between checkpoints
     progress: bool = True  # tqdm bar per epoch
@@ -90,6 +94,19 @@ class PretrainConfig:
             raise ConfigError(f"train.temperature must be > 0, got {self.train.temperature}")
         if self.model.head == "mlp" and self.model.num_layers < 1:
             raise ConfigError(f"model.num_layers must be >= 1, got {self.model.num_layers}")
+        choices = {
+            "augment.device": (self.augment.device, ("auto", "gpu", "cpu")),
+            "train.compile": (
+                self.train.compile,
+                ("none", "default", "reduce-overhead", "max-autotune"),
+            ),
+            "train.precision": (self.train.precision, ("auto", "bf16", "fp32")),
+        }
+        for key, (value, valid) in choices.items():
+            if value not in valid:
+                raise ConfigError(f"{key} must be one of {', '.join(valid)}; got {value!r}")
+        if self.train.log_every < 1:
+            raise ConfigError(f"train.log_every must be >= 1, got {self.train.log_every}")
         if self.optim.lr_scaling not in ("linear", "sqrt", "none"):
             raise ConfigError(
                 f"optim.lr_scaling must be one of linear, sqrt, none; got {self.optim.lr_scaling!r}"

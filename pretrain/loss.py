@@ -47,11 +47,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     local = torch.arange(b, device=z1.device) + offset  # global index of each local image
     self_index = torch.cat([local, local + total])  # where each query sits among the keys
     positive = torch.cat([local + total, local])  # its other view
-    rows = torch.arange(2 * b, device=z1.device)
-    logits = logits.masked_fill(
-        torch.zeros_like(logits, dtype=torch.bool).index_put_((rows, self_index), torch.tensor(True)),
-        float("-inf"),
-    )
+    # scatter, not index_put with a host scalar: no device synchronisation in the step
+    logits = logits.scatter(1, self_index.unsqueeze(1), float("-inf"))
     return F.cross_entropy(logits, positive)
 
 

@@ -53,27 +53,31 @@ class LARS(torch.optim.Optimizer):
     def step(self, closure=None):  # type: ignore[override]
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if not group["lars_exclude"]:
-                    if group["weight_decay"]:
-                        grad = grad.add(p, alpha=group["weight_decay"])
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(grad)
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0),
-                        group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
-                        torch.ones_like(w_norm),
-                    )
-                    grad = grad.mul(trust)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if not group["lars_exclude"]:
+                if group["weight_decay"]:
+                    grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                w_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where(
+                    (w_norm > 0) & (g_norm > 0),
+                    group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
+                    torch.ones_like(w_norm),
+                )
+                # one multi-tensor kernel per group instead of ~10 launches per parameter
+                grads = torch._foreach_mul(grads, list(trust.unbind()))
+            bufs = []
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.clone(grad).detach()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                    state["momentum_buffer"] = torch.zeros_like(p)  # first step: buf = g
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
         return loss
 
 
@@ -101,6 +105,11 @@ def scaled_lr(base_lr: float, batch_size: int, scaling: str, reference_batch: in
 OPTIMIZERS: Registry = Registry("optimizer")
 
 
+def _on_cuda(params: list[nn.Parameter]) -> bool | None:
+    """Fused (single-kernel) optimizer steps where the parameters live on CUDA."""
+    return True if params and params[0].is_cuda else None
+
+
 @OPTIMIZERS.register("lars")
 def _lars(decay, no_decay, lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = [
@@ -116,7 +125,7 @@ def _sgd(decay, no_decay, lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, fused=_on_cuda(decay))
 
 
 @OPTIMIZERS.register("adamw")
@@ -126,7 +135,7 @@ def _adamw(decay, no_decay, lr: float, cfg: OptimConfig) -> torch.optim.Optimize
         {"params": no_decay, "weight_decay": 0.0},
     ]
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=_on_cuda(decay))
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, peak_lr: float) -> torch.optim.Optimizer:

@@ -13,7 +13,6 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from pretrain.config import PretrainConfig
 from pretrain.config_io import to_dict, write_yaml
 from pretrain.data import ImageDataset, TransformedDataset, load_dataset
 from pretrain.errors import ConfigError, NonFiniteLossError, UserError
-from pretrain.loss import nt_xent
+from pretrain.gpu_data import make_device_batches
 from pretrain.model import SimCLRModel, build_model
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine_schedule
 from pretrain.runs import (
@@ -42,6 +41,7 @@ from pretrain.runs import (
     code_version,
     hardware,
 )
+from pretrain.step import TrainStep
 from pretrain.sync_bn import convert_sync_batchnorm
 
 
@@ -119,29 +119,44 @@ class CPUTwoViewBatches:
         return iter(self.loader)
 
 
-def autocast_context(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+def make_batches(
+    cfg: PretrainConfig,
+    dataset: ImageDataset,
+    recipe: ViewRecipe,
+    per_rank_batch: int,
+    device: torch.device,
+    rank: int,
+    world: int,
+) -> tuple[Any, str]:
+    """The batch source ``augment.device`` asks for, and where augmentation runs ("gpu"|"cpu")."""
+    where = cfg.augment.device
+    if where == "auto":
+        where = "gpu" if device.type == "cuda" else "cpu"
+    if where == "gpu":
+        return make_device_batches(dataset, recipe, per_rank_batch, device, cfg.data.num_workers), where
+    batches = CPUTwoViewBatches(
+        dataset, recipe, per_rank_batch, cfg.data.num_workers, device, rank, world
+    )
+    return batches, where
 
 
 def train_one_epoch(
-    model: nn.Module,
+    step: TrainStep,
     batches: Iterator,
-    optimizer: torch.optim.Optimizer,
     lrs: list[float],
     state: RunState,
-    temperature: float,
-    device: torch.device,
-    precision: str,
-    channels_last: bool,
     progress: bool,
     num_batches: int,
+    log_every: int,
 ) -> dict[str, float]:
-    """One pass over ``batches``; returns the epoch's mean loss, last lr, pairs/s and seconds."""
-    model.train()
-    total_loss = torch.zeros((), device=device)
+    """One pass over ``batches``; returns the epoch's mean loss, last lr, pairs/s and seconds.
+
+    The loss is read back from the device only every ``log_every`` steps and at the end, where
+    a non-finite loss raises :class:`NonFiniteLossError` naming the epoch and the step.
+    """
+    step.model.train()
+    step.steps = state.step
+    epoch_loss = 0.0
     pairs = 0
     start = time.perf_counter()
     bar = tqdm(
@@ -152,34 +167,26 @@ def train_one_epoch(
         disable=not progress or not dist_utils.is_main_process(),
     )
     lr = lrs[min(state.step, len(lrs) - 1)]
-    for (x1, x2), _ in bar:
-        lr = lrs[state.step]
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x = torch.cat([x1, x2]).to(device, non_blocking=True)
-        if channels_last and device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, precision):
-            z = model(x)
-        z1, z2 = z.float().chunk(2)
-        loss = nt_xent(z1, z2, temperature)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite NT-Xent loss ({loss.item()}) at epoch {state.epoch + 1}, "
-                f"step {state.step + 1} (lr {lr:.4g}); lower optim.lr or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        state.step += 1
-        total_loss += loss.detach()
-        pairs += x1.shape[0]
-        if progress and state.step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+    window = 0
+    try:
+        for (x1, x2), _ in bar:
+            lr = lrs[state.step]
+            step(x1, x2, lr)
+            state.step += 1
+            window += 1
+            pairs += x1.shape[0]
+            if state.step % log_every == 0:
+                recent = step.read_loss()
+                epoch_loss += recent * window
+                window = 0
+                bar.set_postfix(loss=f"{recent:.3f}", lr=f"{lr:.3g}")
+        if window:
+            epoch_loss += step.read_loss() * window
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(f"epoch {state.epoch + 1}: {exc} (lr {lr:.4g})") from None
     seconds = time.perf_counter() - start
-    steps = max(1, num_batches)
     return {
-        "loss": float(total_loss.item()) / steps,
+        "loss": epoch_loss / max(1, num_batches),
         "lr": lr,
         "pairs_per_s": pairs * dist_utils.world_size() / max(seconds, 1e-9),
         "epoch_time_s": seconds,
@@ -245,10 +252,15 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             f"{cfg.data.name}; lower train.batch_size"
         )
     recipe = resolve_recipe(cfg.augment, dataset.info)
-    batches = CPUTwoViewBatches(
-        dataset, recipe, per_rank_batch, cfg.data.num_workers, device, dist_utils.rank(), world
+    batches, augment_where = make_batches(
+        cfg, dataset, recipe, per_rank_batch, device, dist_utils.rank(), world
     )
     steps_per_epoch = len(batches)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"no full batch of {per_rank_batch} images per process in {len(dataset)} images; "
+            f"lower train.batch_size"
+        )
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
@@ -277,29 +289,37 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    step = TrainStep(
+        train_model,
+        optimizer,
+        cfg.train.temperature,
+        device,
+        cfg.train.precision,
+        cfg.train.channels_last,
+        cfg.train.compile,
+    )
 
     if main:
         print(
             f"run {run_dir}: {cfg.model.encoder} + {cfg.model.head} head, "
             f"{len(dataset)} images, {steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, "
-            f"batch {cfg.train.batch_size}, peak lr {peak_lr:.4g}, device {device}"
+            f"batch {cfg.train.batch_size}, peak lr {peak_lr:.4g}, device {device}, "
+            f"augmentation on {augment_where}"
         )
     started = time.perf_counter()
     stats: dict[str, float] = {}
     while state.epoch < cfg.train.epochs:
         batches.set_epoch(cfg.train.seed, state.epoch, dist_utils.rank(), world)
         stats = train_one_epoch(
-            train_model,
+            step,
             iter(batches),
-            optimizer,
             lrs,
             state,
-            cfg.train.temperature,
-            device,
-            cfg.train.precision,
-            cfg.train.channels_last,
             cfg.train.progress,
             steps_per_epoch,
+            cfg.train.log_every,
         )
         state.epoch += 1
         last = state.epoch == cfg.train.epochs
@@ -327,6 +347,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         "device": str(device),
         "hardware": hardware(),
         "world_size": world,
+        "augment_device": augment_where,
         "code_version": code_version(),
     }
     if main:

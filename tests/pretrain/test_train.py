@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import pretrain.train as train_module
+import pretrain.step as step_module
 from pretrain.checkpoint import load_checkpoint
 from pretrain.cli import main as pretrain_main
 from pretrain.config import PretrainConfig
@@ -65,6 +65,18 @@ def test_two_epoch_run_writes_a_loadable_run_directory(tmp_path: Path) -> None:
         train(cfg)  # never overwrite a finished run silently
 
 
+def test_both_augmentation_pipelines_record_the_same_metrics(tmp_path: Path) -> None:
+    keys = {}
+    for where in ("cpu", "gpu"):  # "gpu" = batched device augmentation; runs on CPU tensors too
+        cfg = _cfg(tmp_path, "train.epochs=1", f"train.name={where}", f"augment.device={where}")
+        summary = train(cfg)
+        assert summary["augment_device"] == where
+        lines = read_jsonl(tmp_path / where / "metrics.jsonl")
+        assert lines[0]["loss"] > 0 and lines[0]["epoch"] == 1
+        keys[where] = set(lines[0])
+    assert keys["cpu"] == keys["gpu"]
+
+
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     args = [*FAST, f"train.run_dir={tmp_path}", "train.epochs=3"]
     uninterrupted = train(load_config(PretrainConfig, None, [*args, "train.name=full"]))
@@ -99,15 +111,15 @@ def test_non_finite_loss_stops_and_names_the_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    real = train_module.nt_xent
+    real = step_module.nt_xent
 
     def flaky(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
         calls["n"] += 1
         loss = real(z1, z2, t)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(train_module, "nt_xent", flaky)
-    with pytest.raises(NonFiniteLossError, match="epoch 1, step 3"):
+    monkeypatch.setattr(step_module, "nt_xent", flaky)
+    with pytest.raises(NonFiniteLossError, match="epoch 1: non-finite NT-Xent loss at step 3"):
         train(_cfg(tmp_path, "train.epochs=1", "train.name=nan"))
 
 
