@@ -1,11 +1,13 @@
 """Registers the built-in transfer commands with the evaluator registry.
 
-``detection`` (an evaluator: Faster R-CNN fine-tuning, writes records) and ``export`` (a tool:
-backbone weights in torchvision, timm or detectron2 format).
+``detection`` (an evaluator: Faster R-CNN fine-tuning, writes records), ``export`` (a tool:
+backbone weights in torchvision, timm or detectron2 format), and the record tools ``suite``,
+``table``, ``plot`` and ``report`` (registered by importing :mod:`transfer.tools`).
 """
 
 from __future__ import annotations
 
+import transfer.tools  # noqa: F401  (registers suite, table, plot, report)
 from probes.registry import Evaluator, register_evaluator
 from transfer.detection import command as detection
 from transfer.export import command as export

@@ -14,7 +14,9 @@ Modules, one concept each:
 * ``model``         ``build_detector``: Faster R-CNN FPN or C4
 * ``schedule``      warm-up + step learning-rate schedule and the deterministic batch order
 * ``train``         the iteration-based loop with atomic checkpoints and exact resume
+* ``distributed``   torchrun/DDP helpers, no-ops in a single process
 * ``voc_eval``, ``coco_eval``, ``evaluate``   metrics and inference
-* ``command``       the ``simclr-transfer detection`` wrapper (config, seeds, records)
+* ``command``       the ``simclr-transfer detection`` wrapper (config, seeds, records through
+                    ``probes.records.make_record``)
 * ``detectron2_engine``  the optional detectron2 path (only when detectron2 is importable)
 """

@@ -126,7 +126,7 @@ def run_seed(cfg: DetectionConfig, source: BackboneSource, train_ds: DetectionDa
     metrics = detection_metrics(test_ds, preds) if dist.is_main() else {}
     extras = {"train": stats, "loaded_tensors": len(report.loaded),
               "missing_keys": report.missing, "ignored_keys": report.ignored,
-              "world_size": dist.world_size(), "bf16": bf16}
+              "world_size": dist.world_size(), "bf16": bf16, "predicted_images": len(preds)}
     return metrics, extras, device.type
 
 

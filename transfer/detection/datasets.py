@@ -43,7 +43,7 @@ def resolve_root(root: str, cache_dir: str) -> Path:
     return path
 
 
-def _describe(spec: DatasetSpec) -> str:
+def describe_spec(spec: DatasetSpec) -> str:
     """``voc:det_bccd_voc:test``: format, root's base name (no archive suffix), split."""
     name = spec.root.split(":", 1)[1] if spec.root.startswith("shared:") else spec.root
     name = Path(name.rstrip("/")).name
@@ -99,13 +99,13 @@ def load_detection_data(cfg: DataConfig) -> tuple[DetectionDataset, DetectionDat
                 test_records = records
             else:
                 train_records += records
-    name = "+".join(_describe(s) for s in cfg.train)
+    name = "+".join(describe_spec(s) for s in cfg.train)
     _warn(train_report, name)
-    _warn(test_report, _describe(cfg.test))
+    _warn(test_report, describe_spec(cfg.test))
     if not train_records:
         raise DataError(f"no training images in {name}")
     train = DetectionDataset(name, train_records, classes, category_ids).subset(cfg.limit_train)
-    test = DetectionDataset(_describe(cfg.test), test_records, classes, category_ids)
+    test = DetectionDataset(describe_spec(cfg.test), test_records, classes, category_ids)
     stats = {
         "dropped_train": train_report.total,
         "dropped_test": test_report.total,

@@ -85,7 +85,8 @@ def run_detectron2(cfg: DetectionConfig, source: BackboneSource, work_dir: Path,
         raise ConfigError(f"--engine detectron2 needs detectron2, which is not installed; {INSTALL}"
                           " (or use the default --engine torchvision)") from None
     from transfer.detection.command import detection_record
-    from transfer.detection.datasets import load_detection_data
+    from transfer.detection.datasets import describe_spec, load_detection_data
+    from transfer.detection.train import resolve_device
     from transfer.export.detectron2 import to_detectron2, write_detectron2_pickle
     from transfer.export.detectron2_config import detectron2_config
 
@@ -94,7 +95,11 @@ def run_detectron2(cfg: DetectionConfig, source: BackboneSource, work_dir: Path,
     train_ds, _, _ = load_detection_data(cfg.data)  # validates data, gives the class list
     classes = train_ds.classes
     work_dir.mkdir(parents=True, exist_ok=True)
+    if source.cifar_stem:
+        raise ConfigError("detectron2's stem is 7x7; a CIFAR-stem backbone needs --engine torchvision")
     arrays, mapping = to_detectron2(source.state_dict or {})
+    if mapping.unmapped:
+        raise ConfigError(f"keys without a detectron2 name: {', '.join(mapping.unmapped[:5])}")
     pkl = work_dir / "backbone_d2.pkl"
     if source.state_dict is not None:
         write_detectron2_pickle(arrays, pkl, author="simclr-transfer")
@@ -107,6 +112,7 @@ def run_detectron2(cfg: DetectionConfig, source: BackboneSource, work_dir: Path,
                                source.pixel_mean, source.pixel_std)
     config["DATASETS"] = {"TRAIN": names, "TEST": ["simclr_test"]}
     config["OUTPUT_DIR"] = str(work_dir)
+    config["MODEL"]["DEVICE"] = str(resolve_device(cfg.train.device))
     (work_dir / "detectron2_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     d2cfg = get_cfg()
     d2cfg.merge_from_file(str(work_dir / "detectron2_config.yaml"))
@@ -129,8 +135,9 @@ def run_detectron2(cfg: DetectionConfig, source: BackboneSource, work_dir: Path,
     settings = {"engine": "detectron2", "detectron2_config": config,
                 "unmapped_keys": mapping.unmapped, "skipped_keys": list(mapping.skipped)}
     splits = {"train": len(train_ds)}
-    append_jsonl(results, detection_record(metrics, settings, source.setup, cfg.data.test.root,
-                                           splits, cfg.train.seed, time.perf_counter() - start,
-                                           "cuda"))
+    device = config["MODEL"]["DEVICE"]
+    append_jsonl(results, detection_record(metrics, settings, source.setup,
+                                           describe_spec(cfg.data.test), splits, cfg.train.seed,
+                                           time.perf_counter() - start, device))
     print(f"detectron2 metrics: {metrics}")
     return metrics
