@@ -84,7 +84,11 @@ def add_linear_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wd-grid", type=log_grid, default="1e-6:1e5:45",
                    help="penalty grid lo:hi:num, log-spaced (weight decay = 1/C)")
     p.add_argument("--select", choices=["top1", "mean_per_class"], default="top1")
-    p.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per grid point")
+    p.add_argument("--solver", choices=["auto", "sequential", "batched"], default="auto",
+                   help="sequential warm-started fits (CPU default) or all penalties at once "
+                   "(CUDA default)")
+    p.add_argument("--max-iter", type=int, default=None, help="L-BFGS iterations per penalty "
+                   "(default 100 sequential, 1000 batched)")
     p.add_argument("--refit-max-iter", type=int, default=1000)
     p.add_argument("--tol", type=float, default=1e-4, help="stop at max|grad| <= tol")
     p.add_argument("--no-standardize", dest="standardize", action="store_false",
@@ -120,7 +124,7 @@ def run_linear(args: argparse.Namespace) -> dict[str, float]:
         te = (test.feats[tap].to(dev), test.labels.to(dev))
         start = time.perf_counter()
         res = linear_probe(tr, va, te, num_classes, args.wd_grid, args.select, args.max_iter,
-                           args.refit_max_iter, args.tol, args.standardize)
+                           args.refit_max_iter, args.tol, args.standardize, args.solver)
         metrics = {f"linear/{k}": v for k, v in res.metrics.items()}
         metrics["linear/wd"] = res.wd
         metrics["linear/val_score"] = max(score for _, score in res.val_curve)
@@ -128,7 +132,8 @@ def run_linear(args: argparse.Namespace) -> dict[str, float]:
             "protocol": "lbfgs", "wd_grid": [min(args.wd_grid), max(args.wd_grid),
                                              len(args.wd_grid)],
             "select": args.select, "val": val_split, "val_fraction": args.val_fraction,
-            "max_iter": args.max_iter, "refit_max_iter": args.refit_max_iter, "tol": args.tol,
+            "solver": res.solver, "max_iter": res.max_iter,
+            "refit_max_iter": args.refit_max_iter, "tol": args.tol,
             "standardize": args.standardize,
             "train_split": args.train_split, "test_split": test_split,
         }

@@ -21,6 +21,7 @@ from probes.linear import (
     standardized,
     stratified_holdout,
 )
+from probes.logreg_batched import fit_logistic_batched
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,37 @@ def test_warm_start_reaches_the_same_solution():
     warm = fit_logistic(x, y, 3, 1.0, init=start[:2], max_iter=500, tol=1e-7)
     assert torch.allclose(cold[0], warm[0], atol=1e-4)
     assert torch.allclose(cold[1], warm[1], atol=1e-4)
+
+
+def test_batched_solver_reaches_the_sequential_minima(digits_h):
+    xtr, ytr, _, _ = digits_h
+    grid = [1e-2, 1.0, 100.0, 1e4]
+    w_all, b_all, iters = fit_logistic_batched(xtr, ytr, 10, grid, max_iter=2000, tol=1e-6)
+    assert (iters > 0).all() and (iters < 2000).all()
+    for i, wd in enumerate(grid):
+        w, b, _ = fit_logistic(xtr, ytr, 10, wd, max_iter=2000, tol=1e-6)
+        assert objective(w_all[i], b_all[i], xtr, ytr, wd) == pytest.approx(
+            objective(w, b, xtr, ytr, wd), rel=1e-3, abs=1e-6)
+
+
+def test_batched_problems_do_not_interact():
+    torch.manual_seed(0)
+    x, y = torch.randn(300, 6), torch.randint(0, 4, (300,))
+    alone = fit_logistic_batched(x, y, 4, [1.0], tol=1e-6)
+    together = fit_logistic_batched(x, y, 4, [1e3, 1.0, 1e-3], tol=1e-6)
+    # own line search and history: the neighbours' much stronger/weaker penalties change nothing
+    assert torch.allclose(alone[0][0], together[0][1], atol=1e-4)
+    assert torch.allclose(alone[1][0], together[1][1], atol=1e-4)
+    assert abs(int(alone[2][0]) - int(together[2][1])) <= 1  # float rounding may add one step
+
+
+def test_batched_and_sequential_protocols_choose_the_same_penalty(digits_h):
+    xtr, ytr, xte, yte = digits_h
+    tr, va = stratified_holdout(ytr.numpy(), 0.2, seed=0)
+    args = ((xtr[tr], ytr[tr]), (xtr[va], ytr[va]), (xte, yte), 10, [1e-2, 1.0, 100.0, 1e4])
+    seq = linear_probe(*args, max_iter=2000, tol=1e-6, solver="sequential")
+    bat = linear_probe(*args, tol=1e-6, solver="batched")
+    assert (seq.solver, bat.solver, bat.max_iter) == ("sequential", "batched", 1000)
+    assert seq.wd == bat.wd
+    assert [v for _, v in seq.val_curve] == pytest.approx([v for _, v in bat.val_curve], abs=0.5)
+    assert abs(seq.metrics["top1"] - bat.metrics["top1"]) <= 0.5
