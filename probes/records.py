@@ -12,7 +12,8 @@ Tables and plots are built from these records only, so every evaluator (probes h
                "out_dim": ..., "epochs": ..., "checkpoint_epoch": ..., "batch_size": ...,
                "pretrain_seed": ..., "pretrain_dataset": ..., "run_dir": ...},
      "seed": 0, "time": "2025-01-01T12:00:00+00:00", "wall_s": 3.2,
-     "device": "cuda", "hardware": "NVIDIA H100 ...", "code_version": "0.1.0+abc123"}
+     "device": "cuda", "hardware": "NVIDIA H100 ...", "code_version": "0.1.0+abc123",
+     "tags": {"suite": "cifar10_heads", "cell": "mlp-2/s0/knn --tap all"}}   # only when given
 
 For a run directory the records go to ``<run>/results.jsonl``; for an external checkpoint to
 ``--output-dir`` (default: ``<checkpoint stem>_results/`` beside it).
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 
+from pretrain.errors import UserError
 from pretrain.runs import RESULTS_FILE, append_jsonl, code_version, hardware
 from probes.checkpoints import LoadedModel
 
@@ -90,14 +92,16 @@ def make_record(
     seed: int,
     wall_s: float,
     device: str,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One result record in the shape documented above (see the module docstring).
 
-    Every field but ``time``, ``wall_s``, ``device``, ``hardware`` and ``code_version`` must be
-    reproducible: table building treats two records of one seed that differ elsewhere as
-    different setups.
+    Every field but ``time``, ``wall_s``, ``device``, ``hardware``, ``code_version`` and ``tags``
+    must be reproducible: table building treats two records of one seed that differ elsewhere
+    as different setups. ``tags`` (from ``--tag KEY=VALUE``; suites mark their cells with them)
+    are stored under ``"tags"`` when given.
     """
-    return {
+    record: dict[str, Any] = {
         "evaluator": evaluator,
         "tap": tap,
         "dataset": dataset,
@@ -112,6 +116,20 @@ def make_record(
         "hardware": hardware() if device.startswith("cuda") else hardware_cpu(),
         "code_version": code_version(),
     }
+    if tags:
+        record["tags"] = dict(tags)
+    return record
+
+
+def parse_tags(items: Iterable[str]) -> dict[str, str]:
+    """``["suite=quick", "cell=mlp/s0/knn"]`` -> ``{"suite": "quick", "cell": "mlp/s0/knn"}``."""
+    tags: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--tag {item!r} is not of the form KEY=VALUE")
+        tags[key.strip()] = value
+    return tags
 
 
 def hardware_cpu() -> str:

@@ -29,7 +29,13 @@ from pretrain.data import ImageDataset, load_dataset
 from pretrain.errors import DataError, UserError
 from probes.checkpoints import LoadedModel, load_any
 from probes.features import FeatureSet, load_features, resolve_device, subset
-from probes.records import make_record, pretrain_setup, results_path, write_records
+from probes.records import (
+    make_record,
+    parse_tags,
+    pretrain_setup,
+    results_path,
+    write_records,
+)
 
 log = logging.getLogger("simclr_transfer.probes")
 
@@ -59,6 +65,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="", help="where results.jsonl goes (default: "
                         "the run directory; beside an external checkpoint)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write features")
+    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                        help="label stored in every record (repeatable); suites use it")
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
 
 
@@ -88,9 +96,11 @@ class ProbeSession:
     _datasets: dict[str, ImageDataset | None] = field(default_factory=dict)
     _features: dict[str, FeatureSet] = field(default_factory=dict)
     _setup: dict[str, Any] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def open(cls, args: argparse.Namespace) -> ProbeSession:
+        tags = parse_tags(getattr(args, "tag", []) or [])
         loaded = load_any(args.run, encoder=args.encoder, cifar_stem=args.cifar_stem)
         if loaded.unused_keys:
             shown = ", ".join(loaded.unused_keys[:8])
@@ -106,7 +116,8 @@ class ProbeSession:
         root = args.data_root or (cfg.data.root if same and cfg else "")
         cache = args.cache_dir or (cfg.data.cache_dir if cfg else "") or ".cache/simclr-transfer"
         taps = parse_taps(args.tap, loaded.taps)
-        return cls(args, loaded, name, root, cache, taps, resolve_device(args.device))
+        return cls(args, loaded, name, root, cache, taps, resolve_device(args.device),
+                   tags=tags)
 
     # -- data -------------------------------------------------------------------------------
     def dataset(self, split: str, required: bool = True) -> ImageDataset | None:
@@ -178,7 +189,7 @@ class ProbeSession:
             self._setup = pretrain_setup(self.loaded)
         rec = make_record(
             evaluator, tap, self.dataset_name, metrics, settings, self._setup,
-            splits, self.args.seed, wall_s, str(self.device),
+            splits, self.args.seed, wall_s, str(self.device), self.tags,
         )
         write_records([rec], results_path(self.loaded, self.args.output_dir))
         self.records.append(rec)

@@ -20,7 +20,7 @@ from transfer.cli import main
 SETUP_KEYS = {"checkpoint", "checkpoint_hash", "source", "encoder", "head", "num_layers",
               "epochs", "batch_size", "pretrain_seed", "pretrain_dataset", "checkpoint_epoch"}
 RECORD_KEYS = {"evaluator", "tap", "dataset", "splits", "metrics", "settings", "setup", "seed",
-               "time", "wall_s", "device", "hardware", "code_version"}
+               "time", "wall_s", "device", "hardware", "code_version"}  # + "tags" when tagged
 
 PROBES = {
     "linear": (["--wd-grid", "1e-2:1e2:3"], ["linear/top1", "linear/top5",
@@ -105,6 +105,17 @@ def test_sgd_protocol_trains_a_linear_layer_on_a_frozen_encoder(digits_run, tmp_
     rec = read_jsonl(digits_run / "results.jsonl")[-1]
     assert rec["settings"]["protocol"] == "sgd" and rec["splits"] == {"train": 128, "test": 128}
     assert (digits_run / "checkpoint.pt").read_bytes() == before
+
+
+def test_tags_are_stored_in_every_record(digits_run, feature_cache, capsys):
+    rc, _, err = run_cli(["knn", "--tag", "suite=quick", "--tag", "cell=mlp/s0/knn",
+                          digits_run, "--tap", "h,z", "--cache-dir", feature_cache, "--k", "10"],
+                         capsys)
+    assert rc == 0, err
+    records = read_jsonl(digits_run / "results.jsonl")[-2:]
+    assert [r["tags"] for r in records] == [{"suite": "quick", "cell": "mlp/s0/knn"}] * 2
+    rc, _, err = run_cli(["knn", digits_run, "--tag", "novalue"], capsys)
+    assert rc == 2 and "KEY=VALUE" in err
 
 
 def test_unknown_tap_lists_the_valid_ones(digits_run, capsys):
