@@ -18,6 +18,7 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 
 from pretrain.augment import ViewRecipe, eval_transform, resolve_recipe
 from pretrain.config import AugmentConfig
-from pretrain.data import ImageDataset, load_dataset
+from pretrain.data import ARCHIVE_SUFFIXES, ImageDataset, load_dataset
 from pretrain.errors import DataError, UserError
 from probes.checkpoints import LoadedModel, load_any
 from probes.features import FeatureSet, load_features, resolve_device, subset
@@ -120,6 +121,25 @@ class ProbeSession:
                    tags=tags)
 
     # -- data -------------------------------------------------------------------------------
+    @property
+    def display_name(self) -> str:
+        """Path-free dataset name for records: ``imagefolder:caltech101_subset``, ``cifar10``."""
+        kind, _, arg = self.dataset_name.partition(":")
+        if not arg:
+            return kind
+        name = Path(arg.rstrip("/")).name
+        for suffix in ARCHIVE_SUFFIXES:
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        return f"{kind}:{name}"
+
+    @property
+    def data_path(self) -> str:
+        """Where the images came from, when a path says it (imagefolder or --data-root)."""
+        _, _, arg = self.dataset_name.partition(":")
+        return str(Path(arg or self.data_root).resolve()) if (arg or self.data_root) else ""
+
     def dataset(self, split: str, required: bool = True) -> ImageDataset | None:
         """Split ``split`` of the dataset (seeded subset under ``--limit``); None if absent."""
         if split not in self._datasets:
@@ -187,8 +207,11 @@ class ProbeSession:
         """Build one record (see :mod:`probes.records`) and append it to the results file."""
         if self._setup is None:
             self._setup = pretrain_setup(self.loaded)
+        extra = {"data_path": self.data_path, "limit": self.args.limit,
+                 "image_size": self.args.image_size}
+        settings = {**settings, **{k: v for k, v in extra.items() if v}}  # only when they apply
         rec = make_record(
-            evaluator, tap, self.dataset_name, metrics, settings, self._setup,
+            evaluator, tap, self.display_name, metrics, settings, self._setup,
             splits, self.args.seed, wall_s, str(self.device), self.tags,
         )
         write_records([rec], results_path(self.loaded, self.args.output_dir))
