@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 
+from pretrain.cli import user_error_message
 from pretrain.errors import UserError
 from probes.registry import EVALUATORS, load_plugins
 
 
-def _register_builtins() -> None:
+def register_builtins() -> None:
     import probes.commands  # noqa: F401  (registers probes)
     import transfer.commands  # noqa: F401  (registers detection, export, tables, ...)
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        _register_builtins()
+        register_builtins()
         load_plugins()
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2, default=str))
         return 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -121,7 +121,35 @@ def run_report(args: argparse.Namespace) -> dict[str, Any]:
     return {"report": str(index)}
 
 
+def add_suite_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", help="suite YAML, e.g. configs/suites/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="suite overrides, e.g. seeds=[0,1,2] output_dir=/tmp/runs")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are done")
+
+
+def run_suite_tool(args: argparse.Namespace) -> dict[str, Any]:
+    from transfer.suite import describe_plan, load_suite, print_tables, run_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    if args.dry_run:
+        for line in describe_plan(suite):
+            print(line)
+        return {}
+    report = run_suite(suite)
+    print(
+        f"suite {suite.name}: {len(report.pretrained)} runs pretrained, "
+        f"{len(report.evaluated)} evaluations, {len(report.skipped)} cells already done, "
+        f"{report.seconds:.0f} s"
+    )
+    print_tables(suite)
+    return {"pretrained": report.pretrained, "evaluated": report.evaluated,
+            "skipped": report.skipped, "seconds": report.seconds}
+
+
 TOOLS = (
+    Evaluator("suite", "run an experiment grid (variants x seeds x evaluators), resumable, and "
+              "print its tables", add_suite_arguments, run_suite_tool, kind="tool"),
     Evaluator("table", "paper tables from result records: mean ± std over seeds, best in bold; "
               "Markdown, LaTeX or CSV", add_table_arguments, run_table, kind="tool"),
     Evaluator("plot", "figures from result records and pretraining logs (PNG)",

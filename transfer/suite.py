@@ -1,0 +1,226 @@
+"""Experiment suites: pretraining variants x seeds x evaluators, run cell by cell, resumable.
+
+A suite YAML (``configs/suites/*.yaml``) names a base pretraining config, the variants to
+compare (each a list of ``section.key=value`` overrides: heads, depths, anything), the seeds,
+and the evaluators to run on every checkpoint, each written as its ``simclr-transfer`` command
+line (``knn --tap h,z``, ``detection --config configs/detection/bccd_r18_fpn.yaml``).
+
+Cells and how a rerun finds them finished:
+
+* pretraining cell (variant, seed): its run directory holds ``summary.json``; a run killed
+  midway has a checkpoint and is resumed (``--resume`` semantics, bit-identical result);
+* evaluation cell (variant, seed, evaluator line): the run's ``results.jsonl`` holds a record
+  tagged ``cell=<variant>/s<seed>/<evaluator line>`` (every evaluator writes its ``--tag``s
+  into its records). A killed suite therefore reruns only what has no record.
+
+All records land in the runs' ``results.jsonl`` files under the suite's ``output_dir``; the
+closing table is built from them (``simclr-transfer table <output_dir>``).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pretrain.config import PretrainConfig
+from pretrain.config_io import load_config
+from pretrain.errors import ConfigError
+from pretrain.runs import CHECKPOINT_FILE, RESULTS_FILE, SUMMARY_FILE, read_jsonl
+
+
+@dataclass
+class TableSpec:
+    """One table printed when the suite ends (arguments of ``simclr-transfer table``)."""
+
+    rows: str = "head"
+    cols: str = "tap"
+    metric: str = ""
+    filter: list[str] = field(default_factory=list)
+    compare: str = ""
+
+
+@dataclass
+class SuiteConfig:
+    name: str = "suite"
+    base_config: str = "configs/quickstart.yaml"  # pretraining config every variant starts from
+    output_dir: str = "runs/suites"  # run directories go to <output_dir>/<name>/<variant>_s<seed>
+    overrides: list[str] = field(default_factory=list)  # applied to every variant
+    variants: dict[str, list[str]] = field(default_factory=dict)  # name -> overrides
+    seeds: list[int] = field(default_factory=lambda: [0])
+    evaluators: list[str] = field(default_factory=list)  # simclr-transfer command lines
+    tables: list[TableSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            raise ConfigError("a suite needs at least one entry under variants")
+        if not self.seeds:
+            raise ConfigError("a suite needs at least one seed")
+        for line in self.evaluators:
+            if not line.strip():
+                raise ConfigError("empty evaluator line in the suite")
+
+
+@dataclass(frozen=True)
+class PretrainCell:
+    variant: str
+    seed: int
+    config: PretrainConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.train.run_dir) / self.config.run_name()
+
+
+@dataclass(frozen=True)
+class EvalCell:
+    pretrain: PretrainCell
+    line: str  # the evaluator's command line, e.g. "knn --tap h,z"
+
+    @property
+    def key(self) -> str:
+        return f"{self.pretrain.variant}/s{self.pretrain.seed}/{self.line}"
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None) -> SuiteConfig:
+    return load_config(SuiteConfig, path, overrides)
+
+
+def plan(suite: SuiteConfig) -> list[PretrainCell]:
+    """Every pretraining cell of the grid, configs resolved (variants x seeds)."""
+    root = Path(suite.output_dir) / suite.name
+    cells = []
+    for variant, variant_overrides in suite.variants.items():
+        for seed in suite.seeds:
+            cfg = load_config(
+                PretrainConfig,
+                suite.base_config,
+                [
+                    *suite.overrides,
+                    *variant_overrides,
+                    f"train.seed={seed}",
+                    f"train.run_dir={root}",
+                    f"train.name={variant}_s{seed}",
+                ],
+            )
+            cells.append(PretrainCell(variant, seed, cfg))
+    return cells
+
+
+def finished_cells(run_dir: Path) -> set[str]:
+    """The evaluation cells whose records are already in ``run_dir/results.jsonl``."""
+    done = set()
+    for rec in read_jsonl(run_dir / RESULTS_FILE):
+        cell = (rec.get("tags") or {}).get("cell")
+        if cell:
+            done.add(cell)
+    return done
+
+
+def evaluator_argv(line: str, run_dir: Path, tags: dict[str, str]) -> list[str]:
+    """``simclr-transfer`` arguments for one evaluator line of a suite.
+
+    The run directory replaces ``{run}`` where the line has it (needed when positional config
+    overrides follow it, as in ``detection --config X {run} train.max_iter=100``); otherwise it
+    goes right after the evaluator name. Tags go before everything else.
+    """
+    name, *rest = shlex.split(line)
+    tag_args = [a for k, v in tags.items() for a in ("--tag", f"{k}={v}")]
+    if "{run}" in rest:
+        return [name, *tag_args, *[str(run_dir) if a == "{run}" else a for a in rest]]
+    return [name, *tag_args, str(run_dir), *rest]
+
+
+def run_evaluator_line(line: str, run_dir: Path, tags: dict[str, str]) -> dict[str, Any]:
+    """Run ``simclr-transfer <line>`` on ``run_dir`` in this process; exceptions propagate."""
+    from probes.registry import EVALUATORS
+    from transfer.cli import build_parser, register_builtins
+
+    register_builtins()
+    argv = evaluator_argv(line, run_dir, tags)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        raise ConfigError(
+            f"suite evaluator line {line!r} does not parse (see the message above)"
+        ) from None
+    return EVALUATORS.get(argv[0]).run(args)
+
+
+@dataclass
+class SuiteReport:
+    pretrained: list[str] = field(default_factory=list)
+    evaluated: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_suite(suite: SuiteConfig, progress: bool = True) -> SuiteReport:
+    """Run every unfinished cell of ``suite``; returns what ran and what was skipped."""
+    from pretrain.train import train
+
+    report = SuiteReport()
+    start = time.perf_counter()
+    for cell in plan(suite):
+        run_dir = cell.run_dir
+        label = f"{cell.variant}/s{cell.seed}"
+        if (run_dir / SUMMARY_FILE).is_file():
+            report.skipped.append(f"{label}/pretrain")
+        else:
+            if progress:
+                print(f"[suite {suite.name}] pretrain {label}")
+            train(cell.config, resume=(run_dir / CHECKPOINT_FILE).is_file())
+            report.pretrained.append(label)
+        done = finished_cells(run_dir)
+        for line in suite.evaluators:
+            ev = EvalCell(cell, line)
+            if ev.key in done:
+                report.skipped.append(ev.key)
+                continue
+            if progress:
+                print(f"[suite {suite.name}] {ev.key}")
+            run_evaluator_line(line, run_dir, {"suite": suite.name, "cell": ev.key})
+            report.evaluated.append(ev.key)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def describe_plan(suite: SuiteConfig) -> list[str]:
+    """One line per cell: ``[done]`` or ``[todo]`` and its key."""
+    lines = []
+    for cell in plan(suite):
+        done = (cell.run_dir / SUMMARY_FILE).is_file()
+        lines.append(f"[{'done' if done else 'todo'}] {cell.variant}/s{cell.seed}/pretrain")
+        finished = finished_cells(cell.run_dir)
+        for line in suite.evaluators:
+            key = EvalCell(cell, line).key
+            lines.append(f"[{'done' if key in finished else 'todo'}] {key}")
+    return lines
+
+
+def table_argv(suite: SuiteConfig, spec: TableSpec) -> list[str]:
+    """The ``simclr-transfer table`` arguments of one of the suite's tables."""
+    argv = ["table", str(Path(suite.output_dir) / suite.name), "--rows", spec.rows, "--cols", spec.cols]
+    argv += ["--filter", f"tags.suite={suite.name}"]
+    if spec.metric:
+        argv += ["--metric", spec.metric]
+    for item in spec.filter:
+        argv += ["--filter", item]
+    if spec.compare:
+        argv += ["--compare", spec.compare]
+    return argv
+
+
+def print_tables(suite: SuiteConfig) -> None:
+    """Print every table of the suite, built from its records only."""
+    from probes.registry import EVALUATORS
+    from transfer.cli import build_parser, register_builtins
+
+    register_builtins()
+    parser = build_parser()
+    for spec in suite.tables:
+        args = parser.parse_args(table_argv(suite, spec))
+        print()
+        EVALUATORS.get("table").run(args)
