@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from pretrain.errors import UserError
 from probes.features import FeatureSet, subset
@@ -24,40 +23,13 @@ from probes.linear_sgd import evaluate_linear, train_linear_sgd
 from probes.quality import quality_from_features, view_features
 from probes.registry import Evaluator, register_evaluator
 from probes.retrieval import DEFAULT_RECALL_KS, class_disjoint_retrieval, retrieval_metrics
-from probes.session import ProbeSession, add_common_arguments
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
-
-
-def log_grid(text: str) -> list[float]:
-    """``"lo:hi:num"`` -> num log-spaced values from lo to hi (inclusive)."""
-    try:
-        lo, hi, num = text.split(":")
-        grid = np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(num))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected lo:hi:num such as 1e-6:1e5:45, got {text!r}") from None
-    return [float(v) for v in grid]
+from probes.session import (
+    ProbeSession,
+    add_common_arguments,
+    float_list,
+    int_list,
+    log_grid,
+)
 
 
 def _timed(fn: Callable[[], dict]) -> tuple[dict, float]:
@@ -66,8 +38,8 @@ def _timed(fn: Callable[[], dict]) -> tuple[dict, float]:
     return out, time.perf_counter() - start
 
 
-def _num_classes(*label_sets: torch.Tensor) -> int:
-    return int(max(int(labels.max()) for labels in label_sets)) + 1
+def _num_classes(*sets: FeatureSet) -> int:
+    return max(max(len(fs.classes), int(fs.labels.max()) + 1) for fs in sets)
 
 
 # -- linear ----------------------------------------------------------------------------------
@@ -101,11 +73,11 @@ def add_linear_arguments(p: argparse.ArgumentParser) -> None:
 def run_linear(args: argparse.Namespace) -> dict[str, float]:
     s = ProbeSession.open(args)
     test_split = s.test_split(args.test_split)
-    train = s.labelled(s.features(args.train_split), args.train_split)
     test = s.labelled(s.features(test_split), test_split)
-    num_classes = _num_classes(train.labels, test.labels)
-    if args.protocol == "sgd":
-        return _run_linear_sgd(s, args, train, test, num_classes, test_split)
+    if args.protocol == "sgd":  # trains on augmented images: no train features needed
+        return _run_linear_sgd(s, args, test, test_split)
+    train = s.labelled(s.features(args.train_split), args.train_split)
+    num_classes = _num_classes(train, test)
     val_split = args.val_split
     if val_split == "auto":
         val_split = "val" if test_split != "val" and s.has_split("val") else "holdout"
@@ -143,10 +115,14 @@ def run_linear(args: argparse.Namespace) -> dict[str, float]:
     return s.finish()
 
 
-def _run_linear_sgd(s: ProbeSession, args: argparse.Namespace, train, test, num_classes: int,
+def _run_linear_sgd(s: ProbeSession, args: argparse.Namespace, test: FeatureSet,
                     test_split: str) -> dict[str, float]:
     start = time.perf_counter()
     train_ds = s.dataset(args.train_split)
+    assert train_ds is not None
+    if min(train_ds.targets) < 0:
+        raise UserError(f"{s.dataset_name} split {args.train_split!r} has unlabelled images")
+    num_classes = max(len(train_ds.classes), max(train_ds.targets) + 1, int(test.labels.max()) + 1)
     heads = train_linear_sgd(
         s.loaded.model, train_ds, s.recipe(args.train_split), s.taps, num_classes,
         args.epochs, args.sgd_batch_size, args.lr, device=s.device, seed=args.seed,
@@ -160,7 +136,7 @@ def _run_linear_sgd(s: ProbeSession, args: argparse.Namespace, train, test, num_
                     "batch_size": args.sgd_batch_size, "momentum": 0.9, "nesterov": True,
                     "weight_decay": 0.0, "schedule": "cosine", "augment": "crop+flip",
                     "train_split": args.train_split, "test_split": test_split}
-        s.record("linear", tap, metrics, settings, {"train": len(train), "test": len(test)},
+        s.record("linear", tap, metrics, settings, {"train": len(train_ds), "test": len(test)},
                  wall)
     return s.finish()
 
@@ -180,7 +156,7 @@ def run_knn(args: argparse.Namespace) -> dict[str, float]:
     test_split = s.test_split(args.test_split)
     train = s.labelled(s.features(args.train_split), args.train_split)
     test = s.labelled(s.features(test_split), test_split)
-    num_classes = _num_classes(train.labels, test.labels)
+    num_classes = _num_classes(train, test)
     suffix = {}
     for tap in s.taps:
         for t in args.temperature:

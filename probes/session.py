@@ -71,6 +71,39 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
 
 
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def log_grid(text: str) -> list[float]:
+    """``"lo:hi:num"`` -> num log-spaced values from lo to hi (inclusive)."""
+    try:
+        lo, hi, num = text.split(":")
+        grid = np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(num))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected lo:hi:num such as 1e-6:1e5:45, got {text!r}") from None
+    return [float(v) for v in grid]
+
+
 def parse_taps(spec: str, valid: list[str]) -> list[str]:
     """``"all"`` or a comma list -> taps in model order; unknown names list the valid ones."""
     if spec.strip() == "all":
