@@ -93,7 +93,7 @@ def fit_logistic(
         return loss
 
     opt.step(closure)
-    n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+    n_iter = int(opt.state[w].get("n_iter", 0))  # LBFGS keeps its state under the first param
     return w.detach(), b.detach(), n_iter
 
 

@@ -59,7 +59,7 @@ def uniformity(z: torch.Tensor, t: float = 2.0, batch_size: int = 1024) -> float
         rows = z[start : start + batch_size]
         sq = (2.0 - 2.0 * rows @ z.t()).clamp_min(0.0)  # ||a - b||^2 of unit vectors
         logits = -t * sq
-        idx = torch.arange(rows.shape[0])
+        idx = torch.arange(rows.shape[0], device=z.device)
         logits[idx, idx + start] = float("-inf")  # drop i == j
         parts.append(torch.logsumexp(logits.flatten(), 0))
     return float(torch.logsumexp(torch.stack(parts), 0) - math.log(n * (n - 1)))

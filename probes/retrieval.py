@@ -50,7 +50,8 @@ def retrieval_metrics(
     for start in range(0, n, batch_size):
         q_idx = torch.arange(start, min(start + batch_size, n), device=gallery.device)
         sim = gallery[q_idx] @ gallery.t()
-        sim[torch.arange(len(q_idx)), q_idx] = float("-inf")  # a query never retrieves itself
+        rows = torch.arange(len(q_idx), device=sim.device)
+        sim[rows, q_idx] = float("-inf")  # a query never retrieves itself
         order = sim.argsort(dim=1, descending=True, stable=True)[:, : n - 1]  # self is last
         rel = (labels[order] == labels[q_idx][:, None]).float()  # (B, N-1)
         r = rel.sum(1)
