@@ -94,7 +94,18 @@ def load_any(path: str | Path, encoder: str = "", cifar_stem: bool = False) -> L
             f"{path} is not a run directory; name its architecture, e.g. "
             "--encoder resnet18 --cifar-stem"
         )
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        if "weights only" not in str(exc).lower():
+            raise
+        raise CheckpointError(
+            f"{path} holds objects other than tensors, so torch.load(weights_only=True) refuses "
+            "it (Lightning checkpoints of solo-learn or lightly pickle their hyper-parameters); "
+            "for a file you trust, keep only the weights: python -c \"import torch; "
+            f"c = torch.load('{path}', weights_only=False); "
+            f"torch.save(c['state_dict'], '{path.with_suffix('.weights.pt')}')\""
+        ) from None
     flat = _flatten(state, path)
     net = build_encoder(encoder, cifar_stem=cifar_stem)
     keys = split_keys(flat, encoder)

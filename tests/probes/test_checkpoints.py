@@ -142,3 +142,13 @@ def test_our_checkpoint_without_its_config(digits_run, tmp_path):
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(ours.model(x), theirs.model(x), atol=1e-6)
+
+
+def test_pickled_hyper_parameters_are_refused_with_a_way_out(tmp_path):
+    import argparse
+
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)},
+                "hyper_parameters": argparse.Namespace(lr=0.1)}, path)  # not weights-only safe
+    with pytest.raises(CheckpointError, match=r"weights_only=True.*c\['state_dict'\]"):
+        load_any(path, encoder="small_cnn")
