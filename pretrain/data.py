@@ -87,17 +87,22 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return self.load_image(index), self.targets[index]
 
-    def subset(self, limit: int) -> ImageDataset:
-        """The first ``limit`` images (all when ``limit`` <= 0)."""
+    def subset(self, limit: int, seed: int = 0) -> ImageDataset:
+        """A fixed seeded random ``limit`` images, in dataset order (all when ``limit`` <= 0).
+
+        Random rather than the first N: class-sorted datasets (CIFAR-10's folders) would
+        otherwise give one class.
+        """
         if limit <= 0 or limit >= len(self):
             return self
+        keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:limit])
         return ImageDataset(
             self.name,
-            self.targets[:limit],
+            [self.targets[i] for i in keep],
             self.classes,
             self.info,
-            array=None if self.array is None else self.array[:limit],
-            files=None if self.files is None else self.files[:limit],
+            array=None if self.array is None else self.array[keep],
+            files=None if self.files is None else [self.files[i] for i in keep],
         )
 
 

@@ -22,7 +22,7 @@ import torch
 from pretrain.config_io import load_config, to_dict, write_yaml
 from pretrain.errors import ConfigError
 from pretrain.runs import RESULTS_FILE, append_jsonl
-from probes.records import make_record
+from probes.records import make_record, parse_tags
 from transfer.detection import distributed as dist
 from transfer.detection.config import DetectionConfig
 from transfer.detection.datasets import load_detection_data
@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the work folder's checkpoint")
     p.add_argument("--engine", choices=["torchvision", "detectron2"], default="torchvision")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="stored in the records' tags (repeatable), e.g. a suite cell")
 
 
 # Config values that say where or how fast, not what: left out of a record's settings, so that
@@ -83,10 +85,10 @@ def record_settings(cfg: DetectionConfig) -> dict[str, Any]:
 
 def detection_record(metrics: dict[str, float], settings: dict[str, Any], setup: dict[str, Any],
                      dataset: str, splits: dict[str, int], seed: int, wall_s: float,
-                     device: str) -> dict[str, Any]:
+                     device: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """The result record, built by the shared ``probes.records.make_record``."""
     return make_record("detection", "h", dataset, metrics, settings, setup, splits, seed, wall_s,
-                       device)
+                       device, tags)
 
 
 def output_paths(source: BackboneSource, output_dir: str, name: str, seed: int) -> tuple[Path, Path]:
@@ -169,7 +171,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                     **extras}
         splits = {"train": len(train_ds), "test": len(test_ds)}
         record = detection_record(metrics, settings, source.setup, test_ds.name, splits,
-                                  seed_cfg.train.seed, time.perf_counter() - start, device)
+                                  seed_cfg.train.seed, time.perf_counter() - start, device,
+                                  parse_tags(args.tag))
         append_jsonl(results, record)
         per_seed.append(metrics)
         shown = ", ".join(f"{k.split('/')[1]} {metrics[k]:.2f}" for k in HEADLINE)
