@@ -99,6 +99,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+class Replace(dict):
+    """A mapping given whole on the command line (``variants={a: [..]}``): it replaces the
+    configured mapping instead of being merged into it, unlike dotted keys (``model.head=x``)."""
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["optim.lr=0.3", "model.head=mlp"]`` into a nested dict; values are parsed as YAML."""
     nested: dict[str, Any] = {}
@@ -116,7 +121,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with another override")
-        node[leaf] = value
+        node[leaf] = Replace(value) if isinstance(value, dict) else value
     return nested
 
 
@@ -124,7 +129,7 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; ``update`` wins."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and not isinstance(value, Replace) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = value

@@ -61,3 +61,12 @@ def test_imagenet_preset_matches_paper() -> None:
     assert (cfg.optim.weight_decay, cfg.train.temperature, cfg.train.epochs) == (1e-6, 0.1, 100)
     assert (cfg.model.encoder, cfg.model.head, cfg.model.num_layers) == ("resnet50", "mlp", 2)
     assert (cfg.model.hidden_dim, cfg.model.out_dim) == (2048, 128)
+
+
+def test_dotted_overrides_merge_but_whole_mappings_replace() -> None:
+    from pretrain.config_io import merge
+
+    base = {"model": {"head": "mlp", "bn": True}, "variants": {"a": [1], "b": [2]}}
+    out = merge(base, parse_overrides(["model.head=linear", "variants={c: [3]}"]))
+    assert out["model"] == {"head": "linear", "bn": True}
+    assert out["variants"] == {"c": [3]}
