@@ -30,9 +30,9 @@ from pretrain.config import AugmentConfig, ModelConfig, OptimConfig
 from pretrain.data import DatasetInfo, ImageDataset, load_dataset
 from pretrain.encoders import encoder_names
 from pretrain.gpu_data import GPUTwoViewBatches
-from pretrain.step import TrainStep
 from pretrain.model import build_model
 from pretrain.optim import build_optimizer
+from pretrain.step import TrainStep
 from pretrain.train import CPUTwoViewBatches, resolve_device
 
 Views = tuple[torch.Tensor, torch.Tensor]
