@@ -72,6 +72,8 @@ class TrainConfig:
     name: str = ""  # run directory name; "" = derived from dataset, encoder, head and seed
     compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune
     log_every: int = 50  # steps between loss read-backs (the step's only host synchronisation)
+    quality_every: int = 0  # epochs between label-free quality logs (RankMe etc.); 0 = never
+    quality_samples: int = 1024  # images used for each quality log
     sync_bn: bool = False  # global BN across ranks under torchrun (SimCLR App. B.1)
     checkpoint_every: int = 1  # epochs between checkpoints
     progress: bool = True  # tqdm bar per epoch

@@ -193,6 +193,22 @@ def train_one_epoch(
     }
 
 
+def log_quality(
+    model: SimCLRModel,
+    dataset: ImageDataset,
+    recipe: ViewRecipe,
+    device: torch.device,
+    num_samples: int,
+) -> dict[str, float]:
+    """Label-free quality at every tap (RankMe, alignment, uniformity; see probes.quality).
+
+    It leaves the model's mode and the global RNG as they were, so resumed runs stay exact.
+    """
+    from probes.quality import quality_metrics  # probes builds on pretrain, not the reverse
+
+    return quality_metrics(model, dataset, recipe, num_samples=num_samples, device=device)
+
+
 def checkpoint_state(
     model: SimCLRModel,
     optimizer: torch.optim.Optimizer,
@@ -323,6 +339,8 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         )
         state.epoch += 1
         last = state.epoch == cfg.train.epochs
+        if main and cfg.train.quality_every and (last or state.epoch % cfg.train.quality_every == 0):
+            stats.update(log_quality(model, dataset, recipe, device, cfg.train.quality_samples))
         if main:
             if last or state.epoch % cfg.train.checkpoint_every == 0:
                 save_checkpoint(

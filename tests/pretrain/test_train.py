@@ -77,6 +77,19 @@ def test_both_augmentation_pipelines_record_the_same_metrics(tmp_path: Path) -> 
     assert keys["cpu"] == keys["gpu"]
 
 
+def test_quality_is_logged_during_pretraining(tmp_path: Path) -> None:
+    cfg = _cfg(
+        tmp_path, "train.epochs=2", "train.name=q", "train.quality_every=2", "train.quality_samples=64"
+    )
+    train(cfg)
+    lines = read_jsonl(tmp_path / "q" / "metrics.jsonl")
+    assert "quality/rankme/h" not in lines[0]  # epoch 1: not a quality epoch
+    for tap in ("h", "head.0", "z"):
+        assert 1.0 <= lines[1][f"quality/rankme/{tap}"] <= 64.0  # at most min(N, D)
+        assert 0.0 <= lines[1][f"quality/alignment/{tap}"] <= 4.0  # squared distance of unit vectors
+        assert lines[1][f"quality/uniformity/{tap}"] <= 0.0
+
+
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     args = [*FAST, f"train.run_dir={tmp_path}", "train.epochs=3"]
     uninterrupted = train(load_config(PretrainConfig, None, [*args, "train.name=full"]))
@@ -134,9 +147,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 2 and err.startswith("error: unknown config key train.epoch; valid keys")
     assert "\n" not in err
 
-    code, err = _cli(
-        capsys, *FAST, f"train.run_dir={tmp_path}", "data.name=imagefolder:/no/such/dir"
-    )
+    code, err = _cli(capsys, *FAST, f"train.run_dir={tmp_path}", "data.name=imagefolder:/no/such/dir")
     assert code == 2 and err == "error: dataset path not found: /no/such/dir"
 
     bad = tmp_path / "bad"
