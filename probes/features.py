@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from pretrain import distributed as dist_utils
 from pretrain.data import ImageDataset, TransformedDataset
 from pretrain.errors import UserError
 from pretrain.model import SimCLRModel
@@ -84,6 +86,53 @@ def extract_features(
 ) -> dict[str, torch.Tensor]:
     """Features of every image of ``dataset`` at ``taps``: ``{tap: (N, D_tap)}`` on the CPU.
 
+    Under torchrun each rank extracts the images ``rank, rank + W, ...`` and the shards are
+    gathered back into dataset order on every rank, so W processes do 1/W of the work each and
+    return exactly the single-process result.
+    """
+    world = dist_utils.world_size()
+    if world == 1:
+        return _extract_local(model, dataset, transform, taps, batch_size, device, num_workers)
+    n = len(dataset)
+    mine = _extract_local(
+        model,
+        subset(dataset, np.arange(dist_utils.rank(), n, world)),
+        transform,
+        taps,
+        batch_size,
+        device,
+        num_workers,
+    )
+    # NCCL moves CUDA tensors only; gloo moves CPU tensors.
+    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    per_rank = -(-n // world)  # shards differ in length by at most one: pad, gather, trim
+    out = {}
+    for tap in taps:
+        local = mine[tap]
+        width = torch.tensor([local.shape[1] if local.dim() == 2 else 0], device=comm)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX)  # a rank with no images has no width
+        padded = torch.zeros(per_rank, int(width.item()), device=comm)
+        padded[: local.shape[0]] = local.to(comm)
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        full = torch.empty(n, padded.shape[1])
+        for r, part in enumerate(parts):
+            full[r::world] = part[: len(range(r, n, world))].cpu()
+        out[tap] = full
+    return out
+
+
+def _extract_local(
+    model: SimCLRModel,
+    dataset: ImageDataset,
+    transform: Callable[[Any], torch.Tensor],
+    taps: Sequence[str],
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Features of every image of ``dataset`` at ``taps``: ``{tap: (N, D_tap)}`` on the CPU.
+
     The model is put in eval mode for the pass and its previous mode restored afterwards, so a
     training loop may call this; BN running statistics are never touched, and the global RNG is
     not consumed (random transforms, if any, do draw from it).
@@ -92,8 +141,11 @@ def extract_features(
     was_training = model.training
     model.eval()
     loader = DataLoader(
-        TransformedDataset(dataset, transform), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, pin_memory=device.type == "cuda",
+        TransformedDataset(dataset, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),  # leave the caller's RNG stream untouched
     )
     chunks: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
@@ -156,8 +208,12 @@ def write_cached(path: Path, feats: torch.Tensor, labels: torch.Tensor, meta: di
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(
-                {"features": feats.contiguous(), "labels": labels, "checksum": checksum(feats),
-                 "meta": meta},
+                {
+                    "features": feats.contiguous(),
+                    "labels": labels,
+                    "checksum": checksum(feats),
+                    "meta": meta,
+                },
                 f,
             )
             f.flush()
@@ -194,10 +250,11 @@ def load_features(
     labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
     transform_id = repr(transform)
     feats: dict[str, torch.Tensor] = {}
-    paths = {
-        tap: cache_path(cache_dir, model_key, dataset_id, split, transform_id, tap)
-        for tap in taps
-    } if cache_dir is not None else {}
+    paths = (
+        {tap: cache_path(cache_dir, model_key, dataset_id, split, transform_id, tap) for tap in taps}
+        if cache_dir is not None
+        else {}
+    )
     for tap, path in paths.items():
         cached = read_cached(path, labels)
         if cached is not None:
@@ -210,7 +267,12 @@ def load_features(
         for tap in missing:
             feats[tap] = new[tap]
             if tap in paths:
-                meta = {"model": model_key, "dataset": dataset_id, "split": split, "tap": tap,
-                        "transform": transform_id}
+                meta = {
+                    "model": model_key,
+                    "dataset": dataset_id,
+                    "split": split,
+                    "tap": tap,
+                    "transform": transform_id,
+                }
                 write_cached(paths[tap], new[tap], labels, meta)
     return FeatureSet({tap: feats[tap] for tap in taps}, labels, list(dataset.classes))

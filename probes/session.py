@@ -27,6 +27,7 @@ import torch
 from pretrain.augment import ViewRecipe, eval_transform, resolve_recipe
 from pretrain.config import AugmentConfig
 from pretrain.data import ARCHIVE_SUFFIXES, ImageDataset, load_dataset
+from pretrain.distributed import is_main_process
 from pretrain.errors import DataError, UserError
 from probes.checkpoints import LoadedModel, load_any
 from probes.features import FeatureSet, load_features, resolve_device, subset
@@ -247,7 +248,8 @@ class ProbeSession:
             evaluator, tap, self.display_name, metrics, settings, self._setup,
             splits, self.args.seed, wall_s, str(self.device), self.tags,
         )
-        write_records([rec], results_path(self.loaded, self.args.output_dir))
+        if is_main_process():  # under torchrun every rank computes, rank 0 writes
+            write_records([rec], results_path(self.loaded, self.args.output_dir))
         self.records.append(rec)
         return rec
 
@@ -262,7 +264,7 @@ class ProbeSession:
             tail = (suffix or {}).get(i, "")
             for key, value in rec["metrics"].items():
                 out[f"{rec['tap']}:{key}{tail}"] = value
-        if not getattr(self.args, "json", False):
+        if not getattr(self.args, "json", False) and is_main_process():
             print_table(self.records, suffix)
             print(f"records appended to {results_path(self.loaded, self.args.output_dir)}")
         return out

@@ -12,6 +12,7 @@ import json
 import sys
 
 from pretrain.cli import user_error_message
+from pretrain.distributed import init_from_environment, is_main_process, shutdown
 from pretrain.errors import UserError
 from probes.registry import EVALUATORS, load_plugins
 
@@ -50,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
                 ev = EVALUATORS.get(name)
                 print(f"{name:<12} {ev.kind:<9} {ev.help}")
             return 0
+        # Under torchrun, join the process group: probes shard their feature extraction.
+        init_from_environment(getattr(args, "device", "auto"))
         result = EVALUATORS.get(args.command).run(args)
-        if result and getattr(args, "json", False):
+        if result and getattr(args, "json", False) and is_main_process():
             print(json.dumps(result, indent=2, default=str))
         return 0
     except UserError as exc:
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":
