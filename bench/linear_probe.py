@@ -38,11 +38,12 @@ from threadpoolctl import threadpool_limits
 from pretrain.augment import eval_transform, resolve_recipe
 from pretrain.config import AugmentConfig
 from pretrain.data import load_dataset
+from pretrain.distributed import resolve_device
 from pretrain.encoders import build_encoder
 from pretrain.heads import build_head
 from pretrain.model import SimCLRModel
 from probes.checkpoints import load_any
-from probes.features import load_features, resolve_device, subset
+from probes.features import load_features, subset
 from probes.linear import linear_probe, standardized, stratified_holdout
 
 

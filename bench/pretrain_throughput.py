@@ -28,12 +28,13 @@ import torch
 from pretrain.augment import ViewRecipe, resolve_recipe
 from pretrain.config import AugmentConfig, ModelConfig, OptimConfig
 from pretrain.data import DatasetInfo, ImageDataset, load_dataset
+from pretrain.distributed import resolve_device
 from pretrain.encoders import encoder_names
 from pretrain.gpu_data import GPUTwoViewBatches
 from pretrain.model import build_model
 from pretrain.optim import build_optimizer
 from pretrain.step import TrainStep
-from pretrain.train import CPUTwoViewBatches, resolve_device
+from pretrain.train import CPUTwoViewBatches
 
 Views = tuple[torch.Tensor, torch.Tensor]
 

@@ -31,10 +31,10 @@ from pretrain_throughput import add_common_args, build_step, load_bench_dataset,
 from pretrain.augment import resolve_recipe  # noqa: E402
 from pretrain.config import AugmentConfig, OptimConfig  # noqa: E402
 from pretrain.data import ImageDataset  # noqa: E402
+from pretrain.distributed import resolve_device  # noqa: E402
 from pretrain.gpu_data import GPUTwoViewBatches  # noqa: E402
 from pretrain.model import SimCLRModel  # noqa: E402
 from pretrain.optim import scaled_lr  # noqa: E402
-from pretrain.train import resolve_device  # noqa: E402
 
 
 def budget_lr(peak: float, elapsed_fraction: float, warmup_fraction: float) -> float:

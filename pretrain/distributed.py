@@ -16,6 +16,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from pretrain.errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -31,6 +33,20 @@ def rank() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a CUDA request without a GPU falls back to the
+    CPU with a warning; a malformed name is a :class:`ConfigError`."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        print(f"warning: device {name} requested but CUDA is not available; using the CPU")
+        name = "cpu"
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
 
 
 def launched_by_torchrun() -> bool:

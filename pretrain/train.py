@@ -28,6 +28,7 @@ from pretrain.checkpoint import load_checkpoint, save_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.config_io import to_dict, write_yaml
 from pretrain.data import ImageDataset, TransformedDataset, load_dataset
+from pretrain.distributed import resolve_device
 from pretrain.errors import ConfigError, NonFiniteLossError, UserError
 from pretrain.gpu_data import make_device_batches
 from pretrain.model import SimCLRModel, build_model
@@ -43,19 +44,6 @@ from pretrain.runs import (
 )
 from pretrain.step import TrainStep
 from pretrain.sync_bn import convert_sync_batchnorm
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request falls back to CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        print("warning: CUDA requested but not available; using the CPU")
-        name = "cpu"
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device: unknown device {name!r}; use auto, cpu or cuda[:N]") from None
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:

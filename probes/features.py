@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pretrain import distributed as dist_utils
+from pretrain.checkpoint import save_checkpoint
 from pretrain.data import ImageDataset, TransformedDataset
 from pretrain.errors import UserError
 from pretrain.model import SimCLRModel
@@ -48,17 +47,6 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return int(self.labels.numel())
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; a CUDA request without a GPU falls back to CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        log.warning("warning: --device %s requested but CUDA is not available; using cpu", name)
-        return torch.device("cpu")
-    return device
 
 
 def subset(dataset: ImageDataset, indices: Sequence[int] | np.ndarray) -> ImageDataset:
@@ -203,26 +191,10 @@ def read_cached(path: Path, labels: torch.Tensor) -> torch.Tensor | None:
 
 def write_cached(path: Path, feats: torch.Tensor, labels: torch.Tensor, meta: dict) -> None:
     """Write one cache file atomically (temp file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(
-                {
-                    "features": feats.contiguous(),
-                    "labels": labels,
-                    "checksum": checksum(feats),
-                    "meta": meta,
-                },
-                f,
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_checkpoint(
+        {"features": feats.contiguous(), "labels": labels, "checksum": checksum(feats), "meta": meta},
+        path,
+    )
 
 
 def load_features(

@@ -27,10 +27,10 @@ import torch
 from pretrain.augment import ViewRecipe, eval_transform, resolve_recipe
 from pretrain.config import AugmentConfig
 from pretrain.data import ARCHIVE_SUFFIXES, ImageDataset, load_dataset
-from pretrain.distributed import is_main_process
+from pretrain.distributed import is_main_process, resolve_device
 from pretrain.errors import DataError, UserError
 from probes.checkpoints import LoadedModel, load_any
-from probes.features import FeatureSet, load_features, resolve_device, subset
+from probes.features import FeatureSet, load_features, subset
 from probes.records import (
     make_record,
     parse_tags,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pretrain.config_io import load_config, to_dict, write_yaml
+from pretrain.distributed import resolve_device
 from pretrain.errors import ConfigError
 from pretrain.runs import RESULTS_FILE, append_jsonl
 from probes.records import make_record, parse_tags
@@ -29,7 +30,7 @@ from transfer.detection.datasets import load_detection_data
 from transfer.detection.evaluate import detection_metrics, predict
 from transfer.detection.model import make_detector
 from transfer.detection.structures import DetectionDataset
-from transfer.detection.train import CHECKPOINT, resolve_device, train_detector, use_bf16
+from transfer.detection.train import CHECKPOINT, train_detector, use_bf16
 from transfer.detection.weights import BackboneSource, load_backbone_source
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"

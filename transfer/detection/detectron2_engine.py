@@ -84,9 +84,9 @@ def run_detectron2(cfg: DetectionConfig, source: BackboneSource, work_dir: Path,
     except ImportError:
         raise ConfigError(f"--engine detectron2 needs detectron2, which is not installed; {INSTALL}"
                           " (or use the default --engine torchvision)") from None
+    from pretrain.distributed import resolve_device
     from transfer.detection.command import detection_record
     from transfer.detection.datasets import describe_spec, load_detection_data
-    from transfer.detection.train import resolve_device
     from transfer.export.detectron2 import to_detectron2, write_detectron2_pickle
     from transfer.export.detectron2_config import detectron2_config
 

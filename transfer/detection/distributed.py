@@ -1,5 +1,7 @@
 """torch.distributed helpers for detection; every one is a no-op in a single process.
 
+The basic queries (``is_distributed``, ``rank``, ``world_size``) are :mod:`pretrain.distributed`'s.
+
 ``torchrun --nproc_per_node N simclr-transfer detection ...`` sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``; :func:`init_from_environment` then joins the process group (NCCL with CUDA,
 gloo on CPU). Nothing here is needed, or touched, when the command runs as one process.
@@ -13,17 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+from pretrain.distributed import is_distributed, rank, world_size
 
 
 def is_main() -> bool:
