@@ -42,6 +42,17 @@ class DatasetInfo:
     image_size: int  # default crop size in pixels
 
 
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB; a missing or unreadable file is a :class:`DataError` naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
 class ImageDataset(Dataset):
     """Images with integer labels (-1 when unlabelled), held in memory or read from files.
 
@@ -75,17 +86,22 @@ class ImageDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         if self.array is not None:
             return Image.fromarray(self.array[index])
-        path = self.files[index]  # type: ignore[index]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except FileNotFoundError:
-            raise DataError(f"image file not found: {path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
+        return load_rgb(self.files[index])  # type: ignore[index]
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return self.load_image(index), self.targets[index]
+
+    def select(self, indices: np.ndarray | list[int]) -> ImageDataset:
+        """The images at ``indices``, in that order, with the same classes and info."""
+        keep = np.asarray(indices, dtype=np.int64)
+        return ImageDataset(
+            self.name,
+            [self.targets[i] for i in keep],
+            self.classes,
+            self.info,
+            array=None if self.array is None else self.array[keep],
+            files=None if self.files is None else [self.files[i] for i in keep],
+        )
 
     def subset(self, limit: int, seed: int = 0) -> ImageDataset:
         """A fixed seeded random ``limit`` images, in dataset order (all when ``limit`` <= 0).
@@ -95,15 +111,7 @@ class ImageDataset(Dataset):
         """
         if limit <= 0 or limit >= len(self):
             return self
-        keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:limit])
-        return ImageDataset(
-            self.name,
-            [self.targets[i] for i in keep],
-            self.classes,
-            self.info,
-            array=None if self.array is None else self.array[keep],
-            files=None if self.files is None else [self.files[i] for i in keep],
-        )
+        return self.select(np.sort(np.random.default_rng(seed).permutation(len(self))[:limit]))
 
 
 class TransformedDataset(Dataset):

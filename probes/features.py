@@ -51,15 +51,7 @@ class FeatureSet:
 
 def subset(dataset: ImageDataset, indices: Sequence[int] | np.ndarray) -> ImageDataset:
     """The images of ``dataset`` at ``indices`` (in that order), same classes and info."""
-    indices = np.asarray(indices, dtype=np.int64)
-    return ImageDataset(
-        dataset.name,
-        [dataset.targets[i] for i in indices],
-        dataset.classes,
-        dataset.info,
-        array=None if dataset.array is None else dataset.array[indices],
-        files=None if dataset.files is None else [dataset.files[i] for i in indices],
-    )
+    return dataset.select(np.asarray(indices))
 
 
 @torch.inference_mode()

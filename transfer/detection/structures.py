@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from pretrain.data import load_rgb
 from pretrain.errors import DataError, UserError
 
 
@@ -104,17 +104,6 @@ def empty_arrays() -> dict[str, np.ndarray]:
         "ignore": np.zeros((0,), bool),
         "areas": np.zeros((0,), np.float32),
     }
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB; a missing or unreadable file is a :class:`DataError` naming it."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
 
 
 class DetectionDataset(Dataset):
