@@ -280,8 +280,11 @@ def load_cifar10(arg: str, split: str, root: str, cache_dir: str) -> ImageDatase
     files, labels, classes = scan_image_folder(folder, split)
     array = _decode_to_array(files, 32)
     tmp = cached.with_name(cached.name + ".tmp.npz")
-    np.savez(tmp, images=array, labels=np.asarray(labels), classes=np.asarray(classes))
-    os.replace(tmp, cached)
+    try:
+        np.savez(tmp, images=array, labels=np.asarray(labels), classes=np.asarray(classes))
+        os.replace(tmp, cached)
+    except OSError:  # a read-only ImageFolder: decode again next time rather than fail
+        pass
     return ImageDataset("cifar10", labels, classes, info, array=array)
 
 
