@@ -28,6 +28,7 @@ import json
 import os
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,16 +36,16 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from pretrain.augment import eval_transform, resolve_recipe
-from pretrain.config import AugmentConfig
+from pretrain.augment import eval_transform
 from pretrain.data import load_dataset
 from pretrain.distributed import resolve_device
 from pretrain.encoders import build_encoder
 from pretrain.heads import build_head
 from pretrain.model import SimCLRModel
-from probes.checkpoints import load_any
-from probes.features import load_features, subset
+from probes.checkpoints import LoadedModel, load_any
+from probes.features import load_features
 from probes.linear import linear_probe, standardized, stratified_holdout
+from probes.session import eval_recipe
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,18 +72,19 @@ def features(args: argparse.Namespace, device: torch.device) -> dict[str, tuple]
     """Standardised (x, y) of the train and test splits (random stratified subsets if asked)."""
     if args.run:
         loaded = load_any(args.run)
-        model, key = loaded.model, loaded.model_key
     else:
         torch.manual_seed(0)
         enc = build_encoder("small_cnn")
-        model, key = SimCLRModel(enc, build_head("none", in_dim=enc.num_features)), "random-small_cnn-s0"
+        model = SimCLRModel(enc, build_head("none", in_dim=enc.num_features))
+        loaded = LoadedModel(model, ["h"], "random", Path("random"), "0" * 64, "small_cnn", False)
+    model, key = loaded.model, loaded.model_key
     out = {}
     for split, n in (("train", args.train or (10000 if args.small else 0)),
                      ("test", args.test or (2000 if args.small else 0))):
         ds = load_dataset("cifar10", split, args.data_root, args.cache_dir)
         if n and n < len(ds):
-            ds = subset(ds, np.sort(np.random.default_rng(0).choice(len(ds), n, replace=False)))
-        tf = eval_transform(resolve_recipe(AugmentConfig(), ds.info))
+            ds = ds.select(np.sort(np.random.default_rng(0).choice(len(ds), n, replace=False)))
+        tf = eval_transform(eval_recipe(loaded, ds.info))  # the run's own crop and normalisation
         start = time.perf_counter()
         fs = load_features(model, key, ds, f"cifar10|{args.data_root}|n={n}", split, tf,
                            [args.tap], args.cache_dir, 512, device)

@@ -44,7 +44,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="cifar10", help="cifar10 | digits | random (uint8 noise)")
     p.add_argument("--data-root", default="", help="cifar10.tar.xz or folder ('' = ../shared/data)")
     p.add_argument("--cache-dir", default=".cache/simclr-transfer")
-    p.add_argument("--limit", type=int, default=0, help="use the first N images (0 = all)")
+    p.add_argument("--limit", type=int, default=0, help="a seeded random subset of N images (0 = all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--encoder", default="resnet18", help=f"one of {encoder_names()}")
     p.add_argument(

@@ -3,4 +3,4 @@
 Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject reads it)

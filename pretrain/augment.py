@@ -28,10 +28,38 @@ from pretrain.config import AugmentConfig
 from pretrain.data import DatasetInfo
 from pretrain.errors import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+RGB = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Augmentation strength and input normalisation of one dataset family.
+
+    Attributes:
+        name: ``imagenet``, ``cifar`` or ``digits``.
+        color_strength: s of the colour jitter (0.8s, 0.8s, 0.8s, 0.2s).
+        blur: Gaussian blur on (p = 0.5).
+        mean, std: per-channel normalisation of images in 0-1 (RGB).
+    """
+
+    name: str
+    color_strength: float
+    blur: bool
+    mean: RGB
+    std: RGB
+
+
+IMAGENET = Preset("imagenet", 1.0, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CIFAR = Preset("cifar", 0.5, False, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+DIGITS = Preset("digits", 0.5, False, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+PRESETS: dict[str, Preset] = {p.name: p for p in (IMAGENET, CIFAR, DIGITS)}
+
+
+def get_preset(name: str, key: str = "augment.preset") -> Preset:
+    """The preset called ``name``; an unknown name is a :class:`ConfigError` listing the valid ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown {key} {name!r}; valid: auto, {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 @dataclass(frozen=True)
@@ -44,34 +72,24 @@ class ViewRecipe:
     color_p: float
     gray_p: float
     blur: bool
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-PRESETS = {
-    "imagenet": dict(color_strength=1.0, blur=True, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "cifar": dict(color_strength=0.5, blur=False, mean=CIFAR_MEAN, std=CIFAR_STD),
-    "digits": dict(color_strength=0.5, blur=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-}
+    mean: RGB
+    std: RGB
 
 
 def resolve_recipe(cfg: AugmentConfig, info: DatasetInfo) -> ViewRecipe:
     """Fill a config's ``auto`` values from the dataset's preset."""
-    preset_name = info.preset if cfg.preset == "auto" else cfg.preset
-    if preset_name not in PRESETS:
-        raise ConfigError(f"unknown augment.preset {cfg.preset!r}; valid: auto, {', '.join(PRESETS)}")
-    preset = PRESETS[preset_name]
+    preset = get_preset(info.preset if cfg.preset == "auto" else cfg.preset)
     if cfg.blur not in ("auto", "on", "off"):
         raise ConfigError(f"augment.blur must be auto, on or off; got {cfg.blur!r}")
     return ViewRecipe(
         image_size=cfg.image_size or info.image_size,
         crop_scale_min=cfg.crop_scale_min,
-        color_strength=preset["color_strength"] if cfg.color_strength < 0 else cfg.color_strength,
+        color_strength=preset.color_strength if cfg.color_strength < 0 else cfg.color_strength,
         color_p=cfg.color_p,
         gray_p=cfg.gray_p,
-        blur=bool(preset["blur"]) if cfg.blur == "auto" else cfg.blur == "on",
-        mean=preset["mean"],
-        std=preset["std"],
+        blur=preset.blur if cfg.blur == "auto" else cfg.blur == "on",
+        mean=preset.mean,
+        std=preset.std,
     )
 
 

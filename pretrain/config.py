@@ -18,7 +18,7 @@ class DataConfig:
     cache_dir: str = ".cache/simclr-transfer"  # where archives are extracted once
     split: str = "train"
     num_workers: int = 0  # DataLoader workers for the CPU augmentation path
-    limit: int = 0  # use only the first N images (0 = all); for smoke tests
+    limit: int = 0  # a fixed seeded random subset of N images (0 = all); for smoke tests
 
 
 @dataclass
@@ -94,8 +94,6 @@ class PretrainConfig:
             raise ConfigError(f"train.batch_size must be >= 2, got {self.train.batch_size}")
         if self.train.temperature <= 0:
             raise ConfigError(f"train.temperature must be > 0, got {self.train.temperature}")
-        if self.model.head == "mlp" and self.model.num_layers < 1:
-            raise ConfigError(f"model.num_layers must be >= 1, got {self.model.num_layers}")
         choices = {
             "augment.device": (self.augment.device, ("auto", "gpu", "cpu")),
             "train.compile": (
@@ -113,13 +111,3 @@ class PretrainConfig:
             raise ConfigError(
                 f"optim.lr_scaling must be one of linear, sqrt, none; got {self.optim.lr_scaling!r}"
             )
-
-    def run_name(self) -> str:
-        if self.train.name:
-            return self.train.name
-        dataset = self.data.name.split(":")[0]
-        head = self.model.head
-        if head == "mlp":
-            head = f"mlp{self.model.num_layers}"
-        encoder = self.model.encoder.replace(":", "-").replace("/", "-")
-        return f"{dataset}_{encoder}_{head}_s{self.train.seed}"

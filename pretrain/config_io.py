@@ -56,7 +56,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {_type_name(tp)} keys, got {value!r}")
-        return from_dict(tp, value, where)
+        # an annotation is a class, never a dataclass instance
+        return from_dict(typing.cast("type[Any]", tp), value, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):

@@ -218,7 +218,7 @@ def _decode_to_array(files: list[Path], size: int) -> np.ndarray:
             with Image.open(path) as img:
                 img = img.convert("RGB")
                 if img.size != (size, size):
-                    img = img.resize((size, size), Image.BILINEAR)
+                    img = img.resize((size, size), Image.Resampling.BILINEAR)
                 out[i] = np.asarray(img)
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from None
@@ -240,8 +240,9 @@ def _digits_split(split: str) -> tuple[np.ndarray, tuple[int, ...]]:
     # Bilinear upsampling to 16x16 keeps strokes smooth enough for crops to make sense while a
     # CPU step stays 4x cheaper than at 32x32.
     size = DIGITS_SIZE
+    bilinear = Image.Resampling.BILINEAR
     big = np.stack(
-        [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images[chosen]]
+        [np.asarray(Image.fromarray(im).resize((size, size), bilinear)) for im in images[chosen]]
     )
     rgb = np.repeat(big[..., None], 3, axis=-1)
     rgb.setflags(write=False)

@@ -6,17 +6,32 @@
   32x32 inputs (SimCLR App. B.9).
 * ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features).
 * ``small_cnn``: a 4-block CNN (about 0.3 M parameters) for fast CPU tests and the quickstart.
+
+A registered factory takes ``cifar_stem`` and returns an ``nn.Module`` that satisfies
+:class:`Encoder`; :func:`build_encoder` checks that it does, so a new encoder that forgets
+``num_features`` fails when it is built, not deep inside a probe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from pretrain.errors import ConfigError
 from pretrain.registry import Registry
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """The encoder contract: ``num_features`` and ``forward`` (B, 3, H, W) -> (B, num_features)."""
+
+    num_features: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
 
 ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
 
@@ -72,6 +87,14 @@ def _small_cnn(cifar_stem: bool = False) -> nn.Module:
     return SmallCNN()
 
 
+def check_encoder(net: nn.Module, name: str) -> int:
+    """``net``'s ``num_features`` after checking it satisfies :class:`Encoder`."""
+    width = getattr(net, "num_features", None)
+    if not isinstance(net, Encoder) or not isinstance(width, int) or isinstance(width, bool):
+        raise ConfigError(f"encoder {name!r} does not expose an integer num_features")
+    return width
+
+
 def build_encoder(name: str, cifar_stem: bool = False) -> nn.Module:
     """Create encoder ``name`` (randomly initialised); see the module docstring for names."""
     if name.startswith("timm:"):
@@ -80,11 +103,11 @@ def build_encoder(name: str, cifar_stem: bool = False) -> nn.Module:
         model_name = name.split(":", 1)[1]
         if not timm.is_model(model_name):
             raise ConfigError(f"unknown timm model {model_name!r}; see timm.list_models()")
-        net = timm.create_model(model_name, pretrained=False, num_classes=0)
-        if not isinstance(getattr(net, "num_features", None), int):
-            raise ConfigError(f"timm model {model_name!r} does not expose num_features")
-        return net
-    return ENCODERS.get(name)(cifar_stem=cifar_stem)
+        net: nn.Module = timm.create_model(model_name, pretrained=False, num_classes=0)
+    else:
+        net = ENCODERS.get(name)(cifar_stem=cifar_stem)
+    check_encoder(net, name)
+    return net
 
 
 def encoder_names() -> list[str]:

@@ -1,8 +1,8 @@
-"""Two-view batch sources that augment on the training device, and a sync-free training step.
+"""Two-view batch sources that augment on the training device.
 
 Both sources yield ``((x1, x2), labels)``: x1, x2 normalised float (B, 3, S, S) and labels
-int64 (B,), all on ``device``, exactly like the DataLoader of
-:func:`pretrain.train.make_two_view_loader`; both views of row k come from the same image.
+int64 (B,), all on ``device``, exactly like :class:`pretrain.train.CPUTwoViewBatches` (the
+torchvision DataLoader path); both views of row k come from the same image.
 
 * :class:`GPUTwoViewBatches`: in-memory datasets (``ImageDataset.array``, CIFAR-size, up to a
   few GB): the uint8 images are copied to the device once; indexing, augmentation and labels
@@ -17,8 +17,8 @@ images left over by the shards and each shard's last partial batch are skipped (
 every epoch); without it the permutation is padded with its own head to a multiple of world
 and the last batch is smaller.
 
-:class:`TrainStep` runs one SimCLR step (bf16 autocast, channels_last, optional torch.compile
-and CUDA graphs) without reading anything back to the host; the loss is read on request.
+The training step that consumes them without host synchronisations is
+:class:`pretrain.step.TrainStep`.
 """
 
 from __future__ import annotations

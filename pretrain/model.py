@@ -10,19 +10,24 @@ import torch
 from torch import nn
 
 from pretrain.config import ModelConfig
-from pretrain.encoders import build_encoder
-from pretrain.heads import ProjectionHead, build_head
+from pretrain.encoders import build_encoder, check_encoder
+from pretrain.heads import HeadShape, ProjectionHead, build_head
 
 
 class SimCLRModel(nn.Module):
+    """f and g of SimCLR.
+
+    Args:
+        encoder: an :class:`pretrain.encoders.Encoder` (``num_features``, (B, 3, H, W) ->
+            (B, num_features)).
+        head: the projection head on top of it.
+    """
+
     def __init__(self, encoder: nn.Module, head: ProjectionHead) -> None:
         super().__init__()
+        self.num_features = check_encoder(encoder, type(encoder).__name__)
         self.encoder = encoder
         self.head = head
-
-    @property
-    def num_features(self) -> int:
-        return int(self.encoder.num_features)
 
     def tap_names(self) -> list[str]:
         """``["h", "head.0", ..., "z"]``: every representation this model exposes."""
@@ -38,15 +43,14 @@ class SimCLRModel(nn.Module):
         return self.head(self.encoder(x))
 
 
+def head_shape(cfg: ModelConfig) -> HeadShape:
+    """The head sizes of a model config."""
+    return HeadShape(out_dim=cfg.out_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers,
+                     bn=cfg.bn)
+
+
 def build_model(cfg: ModelConfig) -> SimCLRModel:
     """Build encoder and head from the model section of a config."""
     encoder = build_encoder(cfg.encoder, cifar_stem=cfg.cifar_stem)
-    head = build_head(
-        cfg.head,
-        in_dim=encoder.num_features,
-        out_dim=cfg.out_dim,
-        hidden_dim=cfg.hidden_dim,
-        num_layers=cfg.num_layers,
-        bn=cfg.bn,
-    )
+    head = build_head(cfg.head, in_dim=check_encoder(encoder, cfg.encoder), shape=head_shape(cfg))
     return SimCLRModel(encoder, head)

@@ -36,12 +36,20 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = total[:-1] / n
         centred = x - mean.view(shape)
         var = dist_fn.all_reduce((centred * centred).sum(dims), op=dist.ReduceOp.SUM) / n
-        if self.track_running_stats and self.running_mean is not None:
+        # the three buffers are registered together (all None without track_running_stats)
+        running_mean, running_var = self.running_mean, self.running_var
+        num_batches_tracked = self.num_batches_tracked
+        if (
+            self.track_running_stats
+            and running_mean is not None
+            and running_var is not None
+            and num_batches_tracked is not None
+        ):
             with torch.no_grad():
                 momentum = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), momentum)
-                self.num_batches_tracked.add_(1)
+                running_mean.lerp_(mean.detach(), momentum)
+                running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), momentum)
+                num_batches_tracked.add_(1)
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)

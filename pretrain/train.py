@@ -1,8 +1,8 @@
 """The SimCLR pretraining loop: one function, everything it uses passed in or built from config.
 
-``train(cfg)`` writes one run directory (see :mod:`pretrain.runs`): the resolved config, an
-atomically written checkpoint every ``train.checkpoint_every`` epochs, one metrics line per
-epoch and a summary. ``train(cfg, resume=True)`` continues from the last checkpoint and ends
+``train(cfg)`` writes one run directory (see :mod:`pretrain.run`): the resolved config, the run
+setup, an atomically written checkpoint every ``train.checkpoint_every`` epochs, one metrics
+line per epoch and a summary. ``train(cfg, resume=True)`` continues from the last checkpoint and ends
 with the same weights as an uninterrupted run: every epoch reseeds its shuffling and
 augmentation RNGs from (seed, epoch, rank), so no RNG stream depends on when a run was killed.
 """
@@ -13,8 +13,6 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,23 +22,28 @@ from tqdm import tqdm
 
 from pretrain import distributed as dist_utils
 from pretrain.augment import TwoViews, ViewRecipe, resolve_recipe, simclr_transform
-from pretrain.checkpoint import load_checkpoint, save_checkpoint
+from pretrain.checkpoint import load_checkpoint
 from pretrain.config import PretrainConfig
-from pretrain.config_io import to_dict, write_yaml
 from pretrain.data import ImageDataset, TransformedDataset, load_dataset
 from pretrain.distributed import resolve_device
-from pretrain.errors import ConfigError, NonFiniteLossError, UserError
+from pretrain.errors import ConfigError, NonFiniteLossError
 from pretrain.gpu_data import make_device_batches
+from pretrain.jsonl import append_jsonl
 from pretrain.model import SimCLRModel, build_model
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine_schedule
-from pretrain.runs import (
+from pretrain.provenance import code_version, hardware
+from pretrain.quality import quality_metrics
+from pretrain.run import (
     CHECKPOINT_FILE,
-    CONFIG_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
-    append_jsonl,
-    code_version,
-    hardware,
+    RunSetup,
+    RunState,
+    prepare_run_dir,
+    read_checkpoint,
+    restore,
+    write_checkpoint,
+    write_run_files,
 )
 from pretrain.step import TrainStep
 from pretrain.sync_bn import convert_sync_batchnorm
@@ -49,14 +52,6 @@ from pretrain.sync_bn import convert_sync_batchnorm
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A distinct, reproducible seed for each (run seed, epoch, rank)."""
     return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63 - 1)
-
-
-@dataclass
-class RunState:
-    """Everything a resumed run needs besides the model and optimizer."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps completed
 
 
 class CPUTwoViewBatches:
@@ -79,7 +74,7 @@ class CPUTwoViewBatches:
         world_size: int = 1,
     ) -> None:
         two_views = TransformedDataset(dataset, TwoViews(simclr_transform(recipe)))
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[Any] = DistributedSampler(
             two_views, num_replicas=world_size, rank=rank, shuffle=True, drop_last=False
         )
         self.generator = torch.Generator()
@@ -188,50 +183,11 @@ def log_quality(
     device: torch.device,
     num_samples: int,
 ) -> dict[str, float]:
-    """Label-free quality at every tap (RankMe, alignment, uniformity; see probes.quality).
+    """Label-free quality at every tap (RankMe, alignment, uniformity; see pretrain.quality).
 
     It leaves the model's mode and the global RNG as they were, so resumed runs stay exact.
     """
-    from probes.quality import quality_metrics  # probes builds on pretrain, not the reverse
-
     return quality_metrics(model, dataset, recipe, num_samples=num_samples, device=device)
-
-
-def checkpoint_state(
-    model: SimCLRModel,
-    optimizer: torch.optim.Optimizer,
-    state: RunState,
-    cfg: PretrainConfig,
-    lrs: list[float],
-) -> dict[str, Any]:
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()  # type: ignore[assignment]
-    return {
-        "encoder": model.encoder.state_dict(),
-        "head": model.head.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": {"step": state.step, "total_steps": len(lrs), "peak_lr": max(lrs)},
-        "epoch": state.epoch,
-        "rng": rng,
-        "config": to_dict(cfg),
-    }
-
-
-def prepare_run_dir(cfg: PretrainConfig, resume: bool) -> Path:
-    run_dir = Path(cfg.train.run_dir) / cfg.run_name()
-    ckpt = run_dir / CHECKPOINT_FILE
-    if resume and not ckpt.is_file():
-        raise UserError(f"--resume: no checkpoint to resume from at {ckpt}")
-    if not resume and ckpt.is_file():
-        raise UserError(
-            f"run directory {run_dir} already holds a checkpoint; pass --resume to continue it "
-            f"or set train.name to start a new run"
-        )
-    if dist_utils.is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(to_dict(cfg), run_dir / CONFIG_FILE)
-    return run_dir
 
 
 def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -243,7 +199,6 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             f"train.batch_size ({cfg.train.batch_size}) is the global batch and must be "
             f"divisible by the number of processes ({world})"
         )
-    run_dir = prepare_run_dir(cfg, resume)
     main = dist_utils.is_main_process()
 
     dataset = load_dataset(
@@ -268,6 +223,8 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
+    setup = RunSetup.build(cfg, model, recipe)
+    run_dir = prepare_run_dir(cfg, resume)
     if cfg.train.sync_bn and world > 1:
         model = convert_sync_batchnorm(model, device)  # type: ignore[assignment]
     model = model.to(device)
@@ -281,12 +238,12 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     lrs = warmup_cosine_schedule(peak_lr, total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch))
     state = RunState()
     if resume:
-        ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=device)
-        model.encoder.load_state_dict(ckpt["encoder"])
-        model.head.load_state_dict(ckpt["head"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = RunState(epoch=int(ckpt["epoch"]), step=int(ckpt["scheduler"]["step"]))
-        if main:
+        ckpt_path = run_dir / CHECKPOINT_FILE
+        ckpt = read_checkpoint(load_checkpoint(ckpt_path, map_location=device), ckpt_path)
+        state = restore(model, optimizer, ckpt, total_steps, ckpt_path)
+    if main:  # only after a resume was found to fit: a refused one leaves the run as it was
+        write_run_files(run_dir, cfg, setup)
+        if resume:
             append_jsonl(run_dir / METRICS_FILE, {"event": "resume", "from_epoch": state.epoch})
     train_model: nn.Module = model
     if dist_utils.is_distributed():
@@ -307,7 +264,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
 
     if main:
         print(
-            f"run {run_dir}: {cfg.model.encoder} + {cfg.model.head} head, "
+            f"run {run_dir}: {setup.encoder} + {setup.head} head, "
             f"{len(dataset)} images, {steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs, "
             f"batch {cfg.train.batch_size}, peak lr {peak_lr:.4g}, device {device}, "
             f"augmentation on {augment_where}"
@@ -331,9 +288,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             stats.update(log_quality(model, dataset, recipe, device, cfg.train.quality_samples))
         if main:
             if last or state.epoch % cfg.train.checkpoint_every == 0:
-                save_checkpoint(
-                    checkpoint_state(model, optimizer, state, cfg, lrs), run_dir / CHECKPOINT_FILE
-                )
+                write_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, total_steps)
             append_jsonl(run_dir / METRICS_FILE, {"epoch": state.epoch, "step": state.step, **stats})
             if cfg.train.progress:
                 print(

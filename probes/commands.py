@@ -1,9 +1,14 @@
-"""Registers the built-in frozen-feature probes with the evaluator registry.
+"""The built-in frozen-feature probes, as Python functions and as registered commands.
 
-``linear``, ``knn``, ``retrieval``, ``quality`` and ``fewshot``: each is a thin wrapper that opens
-a :class:`~probes.session.ProbeSession` (checkpoint, dataset, taps, cached features), calls the
+``linear``, ``knn``, ``retrieval``, ``quality`` and ``fewshot``: each takes its options dataclass
+(:class:`KnnOptions` ...: the common :class:`~probes.session.ProbeOptions` plus its own), opens a
+:class:`~probes.session.ProbeSession` (checkpoint, dataset, taps, cached features), calls the
 pure core of its module once per tap and setting, appends one record per call and returns the
-flat dict ``{"<tap>:<metric>": value}``.
+flat dict ``{"<tap>:<metric>": value}``. From Python::
+
+    from probes.commands import KnnOptions, knn
+    result = knn(KnnOptions(run="runs/quickstart/digits_small_cnn_mlp-2_s0", tap="h,z", json=True))
+    result["h:knn/top1@k20"]
 """
 
 from __future__ import annotations
@@ -11,28 +16,27 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 from pretrain.errors import UserError
-from probes.features import FeatureSet, subset
+from pretrain.quality import quality_from_features, view_features
+from probes.features import FeatureSet
 from probes.fewshot import fewshot_accuracy
 from probes.knn import DEFAULT_KS, knn_classify
-from probes.linear import linear_probe, stratified_holdout
+from probes.linear import DEFAULT_GRID, linear_probe, stratified_holdout
 from probes.linear_sgd import evaluate_linear, train_linear_sgd
-from probes.quality import quality_from_features, view_features
+from probes.options import add_options, from_args, option
 from probes.registry import Evaluator, register_evaluator
 from probes.retrieval import DEFAULT_RECALL_KS, class_disjoint_retrieval, retrieval_metrics
-from probes.session import (
-    ProbeSession,
-    add_common_arguments,
-    float_list,
-    int_list,
-    log_grid,
-)
+from probes.session import ProbeOptions, ProbeSession, float_list, int_list, log_grid
+
+OptionsT = TypeVar("OptionsT", bound=ProbeOptions)
 
 
-def _timed(fn: Callable[[], dict]) -> tuple[dict, float]:
+def _timed(fn: Callable[[], dict[str, float]]) -> tuple[dict[str, float], float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
@@ -43,46 +47,46 @@ def _num_classes(*sets: FeatureSet) -> int:
 
 
 # -- linear ----------------------------------------------------------------------------------
-def add_linear_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--protocol", choices=["lbfgs", "sgd"], default="lbfgs",
-                   help="lbfgs: logistic regression, penalty chosen on val (default); "
-                   "sgd: SimCLR paper's linear layer on augmented images")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="auto", help="auto: test, else val")
-    p.add_argument("--val-split", default="auto", help="auto: the dataset's val split when "
-                   "it has one besides test, else a stratified hold-out; 'holdout' forces it")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="hold-out share of train")
-    p.add_argument("--wd-grid", type=log_grid, default="1e-6:1e5:45",
-                   help="penalty grid lo:hi:num, log-spaced (weight decay = 1/C)")
-    p.add_argument("--select", choices=["top1", "mean_per_class"], default="top1")
-    p.add_argument("--solver", choices=["auto", "sequential", "batched"], default="auto",
-                   help="sequential warm-started fits (CPU default) or all penalties at once "
-                   "(CUDA default)")
-    p.add_argument("--max-iter", type=int, default=None, help="L-BFGS iterations per penalty "
-                   "(default 100 sequential, 1000 batched)")
-    p.add_argument("--refit-max-iter", type=int, default=1000)
-    p.add_argument("--tol", type=float, default=1e-4, help="stop at max|grad| <= tol")
-    p.add_argument("--no-standardize", dest="standardize", action="store_false",
-                   help="fit raw features (ssl-transfer) instead of standardised ones")
-    p.add_argument("--epochs", type=int, default=90, help="sgd protocol: epochs")
-    p.add_argument("--lr", type=float, default=0.1, help="sgd protocol: lr per 256 images")
-    p.add_argument("--sgd-batch-size", type=int, default=256)
+@dataclass(kw_only=True)
+class LinearOptions(ProbeOptions):
+    protocol: str = option("lbfgs", "lbfgs: logistic regression, penalty chosen on val "
+                           "(default); sgd: SimCLR paper's linear layer on augmented images",
+                           choices=["lbfgs", "sgd"])
+    train_split: str = option("train")
+    test_split: str = option("auto", "auto: test, else val")
+    val_split: str = option("auto", "auto: the dataset's val split when it has one besides "
+                            "test, else a stratified hold-out; 'holdout' forces it")
+    val_fraction: float = option(0.2, "hold-out share of train", type=float)
+    wd_grid: list[float] = option(list(DEFAULT_GRID), "penalty grid lo:hi:num, log-spaced "
+                                  "(weight decay = 1/C; default 1e-6:1e5:45)", type=log_grid)
+    select: str = option("top1", choices=["top1", "mean_per_class"])
+    solver: str = option("auto", "sequential warm-started fits (CPU default) or all penalties "
+                         "at once (CUDA default)", choices=["auto", "sequential", "batched"])
+    max_iter: int | None = option(None, "L-BFGS iterations per penalty (default 100 sequential, "
+                                  "1000 batched)", type=int)
+    refit_max_iter: int = option(1000, type=int)
+    tol: float = option(1e-4, "stop at max|grad| <= tol", type=float)
+    standardize: bool = option(True, "fit raw features (ssl-transfer) instead of standardised "
+                               "ones", flag="--no-standardize", action="store_false")
+    epochs: int = option(90, "sgd protocol: epochs", type=int)
+    lr: float = option(0.1, "sgd protocol: lr per 256 images", type=float)
+    sgd_batch_size: int = option(256, type=int)
 
 
-def run_linear(args: argparse.Namespace) -> dict[str, float]:
-    s = ProbeSession.open(args)
-    test_split = s.test_split(args.test_split)
+def linear(opts: LinearOptions) -> dict[str, float]:
+    """Linear probe at every tap of ``opts``; one record per tap."""
+    s = ProbeSession.open(opts)
+    test_split = s.test_split(opts.test_split)
     test = s.labelled(s.features(test_split), test_split)
-    if args.protocol == "sgd":  # trains on augmented images: no train features needed
-        return _run_linear_sgd(s, args, test, test_split)
-    train = s.labelled(s.features(args.train_split), args.train_split)
+    if opts.protocol == "sgd":  # trains on augmented images: no train features needed
+        return _linear_sgd(s, opts, test, test_split)
+    train = s.labelled(s.features(opts.train_split), opts.train_split)
     num_classes = _num_classes(train, test)
-    val_split = args.val_split
+    val_split = opts.val_split
     if val_split == "auto":
         val_split = "val" if test_split != "val" and s.has_split("val") else "holdout"
     if val_split == "holdout":
-        tr_idx, va_idx = stratified_holdout(train.labels.numpy(), args.val_fraction, args.seed)
+        tr_idx, va_idx = stratified_holdout(train.labels.numpy(), opts.val_fraction, opts.seed)
         val = FeatureSet({t: f[va_idx] for t, f in train.feats.items()}, train.labels[va_idx],
                          train.classes)
         train = FeatureSet({t: f[tr_idx] for t, f in train.feats.items()}, train.labels[tr_idx],
@@ -95,19 +99,19 @@ def run_linear(args: argparse.Namespace) -> dict[str, float]:
         va = (val.feats[tap].to(dev), val.labels.to(dev))
         te = (test.feats[tap].to(dev), test.labels.to(dev))
         start = time.perf_counter()
-        res = linear_probe(tr, va, te, num_classes, args.wd_grid, args.select, args.max_iter,
-                           args.refit_max_iter, args.tol, args.standardize, args.solver)
+        res = linear_probe(tr, va, te, num_classes, opts.wd_grid, opts.select, opts.max_iter,
+                           opts.refit_max_iter, opts.tol, opts.standardize, opts.solver)
         metrics = {f"linear/{k}": v for k, v in res.metrics.items()}
         metrics["linear/wd"] = res.wd
         metrics["linear/val_score"] = max(score for _, score in res.val_curve)
         settings = {
-            "protocol": "lbfgs", "wd_grid": [min(args.wd_grid), max(args.wd_grid),
-                                             len(args.wd_grid)],
-            "select": args.select, "val": val_split, "val_fraction": args.val_fraction,
+            "protocol": "lbfgs", "wd_grid": [min(opts.wd_grid), max(opts.wd_grid),
+                                             len(opts.wd_grid)],
+            "select": opts.select, "val": val_split, "val_fraction": opts.val_fraction,
             "solver": res.solver, "max_iter": res.max_iter,
-            "refit_max_iter": args.refit_max_iter, "tol": args.tol,
-            "standardize": args.standardize,
-            "train_split": args.train_split, "test_split": test_split,
+            "refit_max_iter": opts.refit_max_iter, "tol": opts.tol,
+            "standardize": opts.standardize,
+            "train_split": opts.train_split, "test_split": test_split,
         }
         s.record("linear", tap, metrics, settings,
                  {"train": len(tr[1]), "val": len(va[1]), "test": len(te[1])},
@@ -115,58 +119,59 @@ def run_linear(args: argparse.Namespace) -> dict[str, float]:
     return s.finish()
 
 
-def _run_linear_sgd(s: ProbeSession, args: argparse.Namespace, test: FeatureSet,
-                    test_split: str) -> dict[str, float]:
+def _linear_sgd(s: ProbeSession, opts: LinearOptions, test: FeatureSet,
+                test_split: str) -> dict[str, float]:
     start = time.perf_counter()
-    train_ds = s.dataset(args.train_split)
+    train_ds = s.dataset(opts.train_split)
     assert train_ds is not None
     if min(train_ds.targets) < 0:
-        raise UserError(f"{s.dataset_name} split {args.train_split!r} has unlabelled images")
+        raise UserError(f"{s.dataset_name} split {opts.train_split!r} has unlabelled images")
     num_classes = max(len(train_ds.classes), max(train_ds.targets) + 1, int(test.labels.max()) + 1)
     heads = train_linear_sgd(
-        s.loaded.model, train_ds, s.recipe(args.train_split), s.taps, num_classes,
-        args.epochs, args.sgd_batch_size, args.lr, device=s.device, seed=args.seed,
-        num_workers=args.workers,
+        s.loaded.model, train_ds, s.recipe(opts.train_split), s.taps, num_classes,
+        opts.epochs, opts.sgd_batch_size, opts.lr, device=s.device, seed=opts.seed,
+        num_workers=opts.workers,
     )
     wall = (time.perf_counter() - start) / len(s.taps)
     for tap in s.taps:
         metrics = {f"linear/{k}": v for k, v in
                    evaluate_linear(heads[tap], test.feats[tap], test.labels).items()}
-        settings = {"protocol": "sgd", "epochs": args.epochs, "lr": args.lr,
-                    "batch_size": args.sgd_batch_size, "momentum": 0.9, "nesterov": True,
+        settings = {"protocol": "sgd", "epochs": opts.epochs, "lr": opts.lr,
+                    "batch_size": opts.sgd_batch_size, "momentum": 0.9, "nesterov": True,
                     "weight_decay": 0.0, "schedule": "cosine", "augment": "crop+flip",
-                    "train_split": args.train_split, "test_split": test_split}
+                    "train_split": opts.train_split, "test_split": test_split}
         s.record("linear", tap, metrics, settings, {"train": len(train_ds), "test": len(test)},
                  wall)
     return s.finish()
 
 
 # -- knn -------------------------------------------------------------------------------------
-def add_knn_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--k", type=int_list, default=list(DEFAULT_KS), help="e.g. 10,20,100,200")
-    p.add_argument("--temperature", type=float_list, default=[0.1], help="e.g. 0.1 or 0.07,0.1")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="auto", help="auto: test, else val")
-    p.add_argument("--chunk-size", type=int, default=1024, help="test images per chunk")
+@dataclass(kw_only=True)
+class KnnOptions(ProbeOptions):
+    k: list[int] = option(list(DEFAULT_KS), "e.g. 10,20,100,200", type=int_list)
+    temperature: list[float] = option([0.1], "e.g. 0.1 or 0.07,0.1", type=float_list)
+    train_split: str = option("train")
+    test_split: str = option("auto", "auto: test, else val")
+    chunk_size: int = option(1024, "test images per chunk", type=int)
 
 
-def run_knn(args: argparse.Namespace) -> dict[str, float]:
-    s = ProbeSession.open(args)
-    test_split = s.test_split(args.test_split)
-    train = s.labelled(s.features(args.train_split), args.train_split)
+def knn(opts: KnnOptions) -> dict[str, float]:
+    """Weighted k-NN at every tap, k and temperature of ``opts``; one record per (tap, T)."""
+    s = ProbeSession.open(opts)
+    test_split = s.test_split(opts.test_split)
+    train = s.labelled(s.features(opts.train_split), opts.train_split)
     test = s.labelled(s.features(test_split), test_split)
     num_classes = _num_classes(train, test)
     suffix = {}
     for tap in s.taps:
-        for t in args.temperature:
-            metrics, wall = _timed(lambda tap=tap, t=t: knn_classify(
+        for t in opts.temperature:
+            metrics, wall = _timed(lambda tap=tap, t=t: knn_classify(  # type: ignore[misc]
                 train.feats[tap].to(s.device), train.labels, test.feats[tap], test.labels,
-                args.k, t, num_classes, args.chunk_size))
-            settings = {"k": args.k, "k_effective": [min(k, len(train)) for k in args.k],
-                        "temperature": t, "train_split": args.train_split,
+                opts.k, t, num_classes, opts.chunk_size))
+            settings = {"k": opts.k, "k_effective": [min(k, len(train)) for k in opts.k],
+                        "temperature": t, "train_split": opts.train_split,
                         "test_split": test_split}
-            if len(args.temperature) > 1:
+            if len(opts.temperature) > 1:
                 suffix[len(s.records)] = f"@t{t:g}"
             s.record("knn", tap, metrics, settings, {"train": len(train), "test": len(test)},
                      wall)
@@ -174,111 +179,128 @@ def run_knn(args: argparse.Namespace) -> dict[str, float]:
 
 
 # -- retrieval -------------------------------------------------------------------------------
-def add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--split", default="auto", help="auto: test, else val")
-    p.add_argument("--mode", default="within", help="within, class-disjoint, or both "
-                   "comma-separated")
-    p.add_argument("--recall-k", type=int_list, default=list(DEFAULT_RECALL_KS))
-    p.add_argument("--chunk-size", type=int, default=512, help="queries per chunk")
+@dataclass(kw_only=True)
+class RetrievalOptions(ProbeOptions):
+    split: str = option("auto", "auto: test, else val")
+    mode: str = option("within", "within, class-disjoint, or both comma-separated")
+    recall_k: list[int] = option(list(DEFAULT_RECALL_KS), type=int_list)
+    chunk_size: int = option(512, "queries per chunk", type=int)
 
 
-def run_retrieval(args: argparse.Namespace) -> dict[str, float]:
-    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+def retrieval(opts: RetrievalOptions) -> dict[str, float]:
+    """Retrieval metrics at every tap and mode of ``opts``; one record per (tap, mode)."""
+    modes = [m.strip() for m in opts.mode.split(",") if m.strip()]
     for mode in modes:
         if mode not in ("within", "class-disjoint"):
             raise UserError(f"unknown retrieval mode {mode!r}; valid: within, class-disjoint")
-    s = ProbeSession.open(args)
-    split = s.test_split(args.split)
+    s = ProbeSession.open(opts)
+    split = s.test_split(opts.split)
     data = s.labelled(s.features(split), split)
     suffix = {}
     for tap in s.taps:
         feats = data.feats[tap].to(s.device)
         for mode in modes:
             if mode == "within":
-                metrics, wall = _timed(lambda f=feats: retrieval_metrics(
-                    f, data.labels, args.recall_k, args.chunk_size))
+                metrics, wall = _timed(lambda f=feats: retrieval_metrics(  # type: ignore[misc]
+                    f, data.labels, opts.recall_k, opts.chunk_size))
             else:
-                metrics, wall = _timed(lambda f=feats: class_disjoint_retrieval(
-                    f, data.labels, args.seed, args.recall_k, args.chunk_size))
+                metrics, wall = _timed(lambda f=feats: class_disjoint_retrieval(  # type: ignore[misc]
+                    f, data.labels, opts.seed, opts.recall_k, opts.chunk_size))
             if len(modes) > 1:
                 suffix[len(s.records)] = f"@{mode}"
             s.record("retrieval", tap, metrics,
-                     {"mode": mode, "split": split, "recall_k": args.recall_k},
+                     {"mode": mode, "split": split, "recall_k": opts.recall_k},
                      {"gallery": int(metrics["retrieval/queries"])}, wall)
     return s.finish(suffix)
 
 
 # -- quality ---------------------------------------------------------------------------------
-def add_quality_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--split", default="train", help="images to measure (labels not needed)")
-    p.add_argument("--samples", type=int, default=4096,
-                   help="images for alignment/uniformity (two augmented views each)")
-    p.add_argument("--rankme-samples", type=int, default=25600,
-                   help="images for RankMe (Garrido et al. use 25,600)")
+@dataclass(kw_only=True)
+class QualityOptions(ProbeOptions):
+    split: str = option("train", "images to measure (labels not needed)")
+    samples: int = option(4096, "images for alignment/uniformity (two augmented views each)",
+                          type=int)
+    rankme_samples: int = option(25600, "images for RankMe (Garrido et al. use 25,600)",
+                                 type=int)
 
 
-def run_quality(args: argparse.Namespace) -> dict[str, float]:
-    s = ProbeSession.open(args)
-    clean = s.features(args.split)
-    ds = s.dataset(args.split)
+def quality(opts: QualityOptions) -> dict[str, float]:
+    """RankMe, alignment and uniformity at every tap of ``opts``; one record per tap."""
+    s = ProbeSession.open(opts)
+    clean = s.features(opts.split)
+    ds = s.dataset(opts.split)
     assert ds is not None
-    rng = np.random.default_rng(args.seed)
-    rank_idx = np.sort(rng.choice(len(ds), min(args.rankme_samples, len(ds)), replace=False))
-    view_idx = np.sort(rng.choice(len(ds), min(args.samples, len(ds)), replace=False))
+    rng = np.random.default_rng(opts.seed)
+    rank_idx = np.sort(rng.choice(len(ds), min(opts.rankme_samples, len(ds)), replace=False))
+    view_idx = np.sort(rng.choice(len(ds), min(opts.samples, len(ds)), replace=False))
     start = time.perf_counter()
-    v1, v2 = view_features(s.loaded.model, subset(ds, view_idx), s.recipe(args.split), s.taps,
-                           args.batch_size, s.device, args.seed, args.workers)
+    v1, v2 = view_features(s.loaded.model, ds.select(view_idx), s.recipe(opts.split), s.taps,
+                           opts.batch_size, s.device, opts.seed, opts.workers)
     view_wall = (time.perf_counter() - start) / len(s.taps)
     for tap in s.taps:
-        metrics, wall = _timed(lambda tap=tap: quality_from_features(
+        metrics, wall = _timed(lambda tap=tap: quality_from_features(  # type: ignore[misc]
             clean.feats[tap][rank_idx].to(s.device), v1[tap].to(s.device), v2[tap].to(s.device)))
         s.record("quality", tap, metrics,
-                 {"split": args.split, "samples": len(view_idx), "rankme_samples": len(rank_idx),
+                 {"split": opts.split, "samples": len(view_idx), "rankme_samples": len(rank_idx),
                   "views": "simclr_transform(resolve_recipe(AugmentConfig(), info))"},
-                 {args.split: len(ds)}, wall + view_wall)
+                 {opts.split: len(ds)}, wall + view_wall)
     return s.finish()
 
 
 # -- fewshot ---------------------------------------------------------------------------------
-def add_fewshot_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--split", default="auto", help="auto: test, else val")
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", type=int_list, default=[1, 5], help="e.g. 1,5")
-    p.add_argument("--queries", type=int, default=15, help="query images per class")
-    p.add_argument("--episodes", type=int, default=600)
+@dataclass(kw_only=True)
+class FewshotOptions(ProbeOptions):
+    split: str = option("auto", "auto: test, else val")
+    ways: int = option(5, type=int)
+    shots: list[int] = option([1, 5], "e.g. 1,5", type=int_list)
+    queries: int = option(15, "query images per class", type=int)
+    episodes: int = option(600, type=int)
 
 
-def run_fewshot(args: argparse.Namespace) -> dict[str, float]:
-    s = ProbeSession.open(args)
-    split = s.test_split(args.split)
+def fewshot(opts: FewshotOptions) -> dict[str, float]:
+    """N-way K-shot prototype accuracy at every tap of ``opts``; one record per tap."""
+    s = ProbeSession.open(opts)
+    split = s.test_split(opts.split)
     data = s.labelled(s.features(split), split)
     for tap in s.taps:
         start = time.perf_counter()
         metrics = {}
-        for shots in args.shots:
-            mean, ci = fewshot_accuracy(data.feats[tap].to(s.device), data.labels, args.ways,
-                                        shots, args.queries, args.episodes, args.seed)
-            metrics[f"fewshot/{args.ways}w{shots}s"] = mean
-            metrics[f"fewshot/{args.ways}w{shots}s_ci95"] = ci
+        for shots in opts.shots:
+            mean, ci = fewshot_accuracy(data.feats[tap].to(s.device), data.labels, opts.ways,
+                                        shots, opts.queries, opts.episodes, opts.seed)
+            metrics[f"fewshot/{opts.ways}w{shots}s"] = mean
+            metrics[f"fewshot/{opts.ways}w{shots}s_ci95"] = ci
         s.record("fewshot", tap, metrics,
-                 {"ways": args.ways, "shots": args.shots, "queries": args.queries,
-                  "episodes": args.episodes, "split": split, "prototype": "mean, cosine"},
+                 {"ways": opts.ways, "shots": opts.shots, "queries": opts.queries,
+                  "episodes": opts.episodes, "split": split, "prototype": "mean, cosine"},
                  {split: len(data)}, time.perf_counter() - start)
     return s.finish()
 
 
-for _name, _help, _add, _run in [
-    ("linear", "linear probe: logistic regression on frozen features (penalty chosen on val)",
-     add_linear_arguments, run_linear),
-    ("knn", "weighted k-NN classification on frozen features", add_knn_arguments, run_knn),
-    ("retrieval", "image retrieval: Recall@K, P@1, mAP@R, mAP", add_retrieval_arguments,
-     run_retrieval),
-    ("quality", "label-free quality: RankMe, alignment, uniformity", add_quality_arguments,
-     run_quality),
-    ("fewshot", "N-way K-shot prototype classification on frozen features",
-     add_fewshot_arguments, run_fewshot),
-]:
-    register_evaluator(Evaluator(_name, _help, _add, _run))
+def probe_evaluator(name: str, help: str, options: type[OptionsT],
+                    probe: Callable[[OptionsT], dict[str, float]]) -> Evaluator:
+    """An :class:`Evaluator` whose arguments are the fields of ``options`` and whose run calls
+    ``probe`` with them."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_options(parser, options)
+
+    def run(args: argparse.Namespace) -> dict[str, Any]:
+        return probe(from_args(options, args))
+
+    return Evaluator(name, help, add_arguments, run)
+
+
+PROBES = (
+    probe_evaluator("linear", "linear probe: logistic regression on frozen features (penalty "
+                    "chosen on val)", LinearOptions, linear),
+    probe_evaluator("knn", "weighted k-NN classification on frozen features", KnnOptions, knn),
+    probe_evaluator("retrieval", "image retrieval: Recall@K, P@1, mAP@R, mAP", RetrievalOptions,
+                    retrieval),
+    probe_evaluator("quality", "label-free quality: RankMe, alignment, uniformity",
+                    QualityOptions, quality),
+    probe_evaluator("fewshot", "N-way K-shot prototype classification on frozen features",
+                    FewshotOptions, fewshot),
+)
+for _probe in PROBES:
+    register_evaluator(_probe)

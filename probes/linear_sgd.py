@@ -97,7 +97,7 @@ def train_linear_sgd(
                     for group in opt.param_groups:
                         group["lr"] = lrs[step]
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[union-attr]
+                    loss.backward()
                     opt.step()
                     step += 1
     finally:

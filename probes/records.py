@@ -1,19 +1,25 @@
 """Result records: one JSON object per (checkpoint, tap, evaluator, settings), appended to a file.
 
 Tables and plots are built from these records only, so every evaluator (probes here, detection in
-``transfer``) writes the same flat-ish shape::
+``transfer``) writes the same shape, :class:`ResultRecord`::
 
     {"evaluator": "knn", "tap": "h", "dataset": "cifar10",
      "splits": {"train": 50000, "test": 10000},           # images used per role
      "metrics": {"knn/top1@k200": 71.3, ...},             # namespaced, percent where a rate
      "settings": {"k": [10, 20, 100, 200], "temperature": 0.1, ...},
-     "setup": {"checkpoint": ..., "checkpoint_hash": ..., "source": "run", "encoder": ...,
-               "cifar_stem": ..., "head": "mlp", "num_layers": 2, "hidden_dim": ...,
-               "out_dim": ..., "epochs": ..., "checkpoint_epoch": ..., "batch_size": ...,
-               "pretrain_seed": ..., "pretrain_dataset": ..., "run_dir": ...},
+     "setup": {"checkpoint": ..., "checkpoint_hash": ..., "source": "run",
+               "checkpoint_epoch": 100, "run_dir": ...,
+               **RunSetup.record_fields()},  # encoder, head ("mlp-2"), head_kind, head_depth,
+                                             # taps, mean, std, image_size, epochs, ...
      "seed": 0, "time": "2025-01-01T12:00:00+00:00", "wall_s": 3.2,
-     "device": "cuda", "hardware": "NVIDIA H100 ...", "code_version": "0.1.0+abc123",
+     "device": "cuda", "hardware": "NVIDIA H100 ...", "code_version": "0.2.0+abc123",
      "tags": {"suite": "cifar10_heads", "cell": "mlp-2/s0/knn --tap all"}}   # only when given
+
+The ``setup`` block is built by :func:`setup_block` only (probes and detection alike). For a run
+its pretraining fields are the run's :class:`~pretrain.run.RunSetup`; an external checkpoint
+says what its file holds (``head`` is the rebuilt head's label, else the file's stem, so that a
+supervised torchvision backbone never shares a table row with SimCLR's ``none`` head); the
+random-init baseline of detection is ``head: "random"``.
 
 For a run directory the records go to ``<run>/results.jsonl``; for an external checkpoint to
 ``--output-dir`` (default: ``<checkpoint stem>_results/`` beside it).
@@ -22,63 +28,69 @@ For a run directory the records go to ``<run>/results.jsonl``; for an external c
 from __future__ import annotations
 
 import datetime as dt
-import os
-import platform
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, TypedDict
 
 from pretrain.errors import UserError
-from pretrain.runs import RESULTS_FILE, append_jsonl, code_version, hardware
+from pretrain.jsonl import append_jsonl
+from pretrain.provenance import code_version, hardware
+from pretrain.run import RESULTS_FILE
 from probes.checkpoints import LoadedModel
 
 
-def checkpoint_epoch(path: Path) -> int | None:
-    """The ``epoch`` stored in a checkpoint, read lazily (mmap) so large files cost nothing."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # an external file that is not a zip checkpoint: no epoch to report
-        return None
-    epoch = state.get("epoch") if isinstance(state, dict) else None
-    return int(epoch) if isinstance(epoch, (int, float)) else None
+class _RequiredRecord(TypedDict):
+    evaluator: str
+    tap: str
+    dataset: str
+    splits: dict[str, int]
+    metrics: dict[str, float]
+    settings: dict[str, Any]
+    setup: dict[str, Any]
+    seed: int
+    time: str
+    wall_s: float
+    device: str
+    hardware: str
+    code_version: str
 
 
-def pretrain_setup(loaded: LoadedModel) -> dict[str, Any]:
+class ResultRecord(_RequiredRecord, total=False):
+    """One line of ``results.jsonl`` (see the module docstring)."""
+
+    tags: dict[str, str]
+
+
+def setup_block(loaded: LoadedModel) -> dict[str, Any]:
     """What was pretrained and how: the ``setup`` block of every record for ``loaded``."""
     setup: dict[str, Any] = {
         "checkpoint": str(loaded.checkpoint.resolve()),
         "checkpoint_hash": loaded.checkpoint_hash,
         "source": loaded.source,
-        "encoder": loaded.encoder,
-        "cifar_stem": loaded.cifar_stem,
-        "checkpoint_epoch": checkpoint_epoch(loaded.checkpoint),
+        "checkpoint_epoch": loaded.epoch,
     }
-    cfg = loaded.config
-    if cfg is not None:
-        setup.update(
-            head=cfg.model.head,
-            num_layers=cfg.model.num_layers if cfg.model.head == "mlp" else 0,
-            hidden_dim=cfg.model.hidden_dim,
-            out_dim=cfg.model.out_dim,
-            bn=cfg.model.bn,
-            epochs=cfg.train.epochs,
-            batch_size=cfg.train.batch_size,
-            temperature=cfg.train.temperature,
-            optimizer=cfg.optim.name,
-            pretrain_seed=cfg.train.seed,
-            pretrain_dataset=cfg.data.name,
-            run_dir=str(loaded.run_dir.resolve()) if loaded.run_dir else None,
-        )
-    else:
-        head_taps = [t for t in loaded.taps if t != "h"]
-        setup.update(
-            head="mlp" if len(head_taps) > 1 else ("linear" if head_taps else "none"),
-            num_layers=len(head_taps),
-            unused_keys=len(loaded.unused_keys),
-        )
+    if loaded.run is not None:
+        setup["run_dir"] = str(loaded.run.dir.resolve())
+        setup.update(loaded.run.setup.record_fields())
+        return setup
+    identity = loaded.model.head.identity
+    setup.update(
+        encoder=loaded.encoder,
+        cifar_stem=loaded.cifar_stem,
+        init=loaded.checkpoint.stem,
+        head=identity.label if loaded.head_loaded else loaded.checkpoint.stem,
+        head_kind=identity.kind if loaded.head_loaded else None,
+        head_depth=identity.depth if loaded.head_loaded else None,
+        taps=list(loaded.taps),
+        unused_keys=len(loaded.unused_keys),
+    )
     return setup
+
+
+def random_init_setup(encoder: str) -> dict[str, Any]:
+    """The ``setup`` block of a randomly initialised backbone (detection's baseline)."""
+    return {"source": "random", "init": "random", "head": "random", "encoder": encoder,
+            "cifar_stem": False}
 
 
 def make_record(
@@ -93,7 +105,7 @@ def make_record(
     wall_s: float,
     device: str,
     tags: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> ResultRecord:
     """One result record in the shape documented above (see the module docstring).
 
     Every field but ``time``, ``wall_s``, ``device``, ``hardware``, ``code_version`` and ``tags``
@@ -101,7 +113,7 @@ def make_record(
     as different setups. ``tags`` (from ``--tag KEY=VALUE``; suites mark their cells with them)
     are stored under ``"tags"`` when given.
     """
-    record: dict[str, Any] = {
+    record: ResultRecord = {
         "evaluator": evaluator,
         "tap": tap,
         "dataset": dataset,
@@ -113,7 +125,7 @@ def make_record(
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(float(wall_s), 3),
         "device": device,
-        "hardware": hardware() if device.startswith("cuda") else hardware_cpu(),
+        "hardware": hardware(device),
         "code_version": code_version(),
     }
     if tags:
@@ -132,21 +144,16 @@ def parse_tags(items: Iterable[str]) -> dict[str, str]:
     return tags
 
 
-def hardware_cpu() -> str:
-    """CPU description even when a GPU is present (the record says where the work ran)."""
-    return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
-
-
 def results_path(loaded: LoadedModel, output_dir: str | Path = "") -> Path:
     """Where records for ``loaded`` are appended (see the module docstring)."""
     if output_dir:
         return Path(output_dir) / RESULTS_FILE
-    if loaded.run_dir is not None:
-        return loaded.run_dir / RESULTS_FILE
+    if loaded.run is not None:
+        return loaded.run.dir / RESULTS_FILE
     ckpt = loaded.checkpoint
     return ckpt.parent / f"{ckpt.stem}_results" / RESULTS_FILE
 
 
-def write_records(records: Iterable[dict[str, Any]], path: str | Path) -> None:
+def write_records(records: Iterable[ResultRecord], path: str | Path) -> None:
     for record in records:
         append_jsonl(path, record)

@@ -7,6 +7,10 @@ same shape and return an empty or informational dict.
 
 Third-party packages add evaluators through the entry-point group
 ``simclr_transfer.evaluators``; each entry point names an :class:`Evaluator` object.
+
+The command-line parser is built from the registry (:func:`build_parser`), and
+:func:`run_command` runs one ``simclr-transfer`` command line in this process: the CLI and the
+suite runner both go through it, so a command parses the same way everywhere.
 """
 
 from __future__ import annotations
@@ -58,3 +62,42 @@ def load_plugins() -> list[str]:
         register_evaluator(obj)
         added.append(obj.name)
     return added
+
+
+PROG = "simclr-transfer"
+DESCRIPTION = ("Evaluate SimCLR representations: frozen-feature probes, detection transfer, "
+               "export, suites and tables.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``simclr-transfer`` with one sub-command per registered evaluator or tool, plus ``list``."""
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("list", help="list every evaluator and tool, plugins included")
+    for name in EVALUATORS:
+        ev = EVALUATORS.get(name)
+        p = sub.add_parser(name, help=ev.help, description=ev.help)
+        ev.add_arguments(p)
+    return parser
+
+
+def parse_command(argv: list[str]) -> tuple[Evaluator, argparse.Namespace]:
+    """The evaluator named by ``argv[0]`` and its parsed arguments.
+
+    A line that does not parse is a :class:`UserError` (argparse's own message is printed to
+    stderr first), so a caller inside a longer job fails with one line instead of exiting.
+    """
+    if not argv or argv[0] not in EVALUATORS:
+        name = argv[0] if argv else ""
+        raise UserError(f"unknown command {name!r}; valid: {', '.join(EVALUATORS.names())}")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        raise UserError(f"command {' '.join(argv)!r} does not parse (see the message above)") from None
+    return EVALUATORS.get(argv[0]), args
+
+
+def run_command(argv: list[str]) -> dict[str, Any]:
+    """Run one command line (``["knn", RUN, "--tap", "h"]``) in this process."""
+    evaluator, args = parse_command(argv)
+    return evaluator.run(args)

@@ -45,7 +45,9 @@ def retrieval_metrics(
         raise ValueError("retrieval needs at least two images")
     gallery = F.normalize(feats.float(), dim=1)
     labels = labels.to(gallery.device)
-    totals = {"recall": torch.zeros(len(ks)), "p1": 0.0, "map_r": 0.0, "map": 0.0, "q": 0}
+    recall_hits = torch.zeros(len(ks))
+    p1_sum, map_r_sum, map_sum = 0.0, 0.0, 0.0
+    n_queries = 0
     ranks = torch.arange(1, n + 1, device=gallery.device, dtype=torch.float32)
     for start in range(0, n, batch_size):
         q_idx = torch.arange(start, min(start + batch_size, n), device=gallery.device)
@@ -61,20 +63,20 @@ def retrieval_metrics(
             continue
         precision = rel.cumsum(1) / ranks[: n - 1]
         within_r = ranks[: n - 1][None, :] <= r[:, None]
-        totals["map_r"] += ((precision * rel * within_r).sum(1) / r).sum().item()
-        totals["map"] += ((precision * rel).sum(1) / r).sum().item()
-        totals["p1"] += rel[:, 0].sum().item()
+        map_r_sum += ((precision * rel * within_r).sum(1) / r).sum().item()
+        map_sum += ((precision * rel).sum(1) / r).sum().item()
+        p1_sum += rel[:, 0].sum().item()
         hits = rel.cumsum(1) > 0
         for j, k in enumerate(ks):
-            totals["recall"][j] += hits[:, min(k, n - 1) - 1].float().sum().item()
-        totals["q"] += int(len(r))
-    q = max(totals["q"], 1)
-    out = {f"retrieval/R@{k}": 100.0 * totals["recall"][j].item() / q for j, k in enumerate(ks)}
+            recall_hits[j] += hits[:, min(k, n - 1) - 1].float().sum().item()
+        n_queries += int(len(r))
+    q = max(n_queries, 1)
+    out = {f"retrieval/R@{k}": 100.0 * recall_hits[j].item() / q for j, k in enumerate(ks)}
     out.update({
-        "retrieval/P@1": 100.0 * totals["p1"] / q,
-        "retrieval/mAP@R": 100.0 * totals["map_r"] / q,
-        "retrieval/mAP": 100.0 * totals["map"] / q,
-        "retrieval/queries": float(totals["q"]),
+        "retrieval/P@1": 100.0 * p1_sum / q,
+        "retrieval/mAP@R": 100.0 * map_r_sum / q,
+        "retrieval/mAP": 100.0 * map_sum / q,
+        "retrieval/queries": float(n_queries),
     })
     return out
 

@@ -1,11 +1,13 @@
-"""What every frozen-feature probe command shares: arguments, model, data, features, records.
+"""What every frozen-feature probe shares: options, model, data, features, records.
 
-A :class:`ProbeSession` is opened from the parsed command line: it loads the checkpoint once,
-resolves the dataset (default: the run's pretraining dataset), the taps (``all``, ``h,z``, ...)
-and the device, serves cached features per split, and appends records. Plugins can use it too::
+A :class:`ProbeSession` is opened from :class:`ProbeOptions` (a typed dataclass; the CLI builds
+it from its arguments, a notebook directly): it loads the checkpoint once, resolves the dataset
+(default: the run's pretraining dataset), the taps (``all``, ``h,z``, ...), the evaluation
+transform (the run's own normalisation and crop size unless overridden) and the device, serves
+cached features per split, and appends records. Plugins use it too::
 
     def run(args):
-        session = ProbeSession.open(args)
+        session = ProbeSession.open(from_args(ProbeOptions, args))
         test = session.features("test")
         ...
         session.record("mine", tap, metrics, settings, splits={"test": len(test)}, wall_s=...)
@@ -15,6 +17,7 @@ and the device, serves cached features per split, and appends records. Plugins c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -24,52 +27,65 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.augment import ViewRecipe, eval_transform, resolve_recipe
+from pretrain.augment import PRESETS, ViewRecipe, eval_transform, get_preset, resolve_recipe
 from pretrain.config import AugmentConfig
-from pretrain.data import ARCHIVE_SUFFIXES, ImageDataset, load_dataset
+from pretrain.data import ARCHIVE_SUFFIXES, DatasetInfo, ImageDataset, load_dataset
 from pretrain.distributed import is_main_process, resolve_device
 from pretrain.errors import DataError, UserError
 from probes.checkpoints import LoadedModel, load_any
-from probes.features import FeatureSet, load_features, subset
+from probes.features import FeatureSet, load_features
+from probes.options import add_options, option
 from probes.records import (
+    ResultRecord,
     make_record,
     parse_tags,
-    pretrain_setup,
     results_path,
+    setup_block,
     write_records,
 )
 
 log = logging.getLogger("simclr_transfer.probes")
+DEFAULT_CACHE_DIR = ".cache/simclr-transfer"
+
+
+@dataclass(kw_only=True)
+class ProbeOptions:
+    """What every probe takes: the model, the data, the taps, where to run and to write."""
+
+    run: str = option(positional=True, metavar="RUN", help="run directory, or a checkpoint file "
+                      "(torchvision/timm state dict, lightly or solo-learn checkpoint)")
+    dataset: str = option("", "digits | cifar10 | imagefolder:PATH (default: the run's "
+                          "pretraining dataset)")
+    data_root: str = option("", "archive or folder for the dataset")
+    cache_dir: str = option("", "dataset extraction and feature cache (default: the run's "
+                            f"data.cache_dir, else {DEFAULT_CACHE_DIR})")
+    tap: str = option("all", "all, or a comma list such as h,z or head.0 (representations to "
+                      "probe)")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    batch_size: int = option(256, "images per forward pass", type=int)
+    workers: int = option(0, "DataLoader worker processes", type=int)
+    seed: int = option(0, type=int)
+    limit: int = option(0, "use a seeded random subset of N images per split (0 = all); for "
+                        "smoke tests", type=int)
+    image_size: int = option(0, "eval crop size (default: the run's pretraining crop size; for "
+                             "an external checkpoint the dataset's)", type=int)
+    normalize: str = option("auto", "input normalisation: auto (the run's own; for an external "
+                            "checkpoint the dataset's preset) or a preset", choices=["auto", *PRESETS])
+    encoder: str = option("", "architecture of an external checkpoint (default: read from a "
+                          "ResNet's keys)")
+    cifar_stem: bool = option(False, "external ResNet with the 3x3 CIFAR stem (with --encoder)",
+                              action="store_true")
+    output_dir: str = option("", "where results.jsonl goes (default: the run directory; beside "
+                             "an external checkpoint)")
+    no_cache: bool = option(False, "do not read or write features", action="store_true")
+    tag: list[str] = option([], "label stored in every record (repeatable); suites use it",
+                            action="append", metavar="KEY=VALUE")
+    json: bool = option(False, "print the result dict as JSON", action="store_true")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """``RUN`` and the options every probe takes."""
-    parser.add_argument("run", metavar="RUN", help="run directory, or a checkpoint file "
-                        "(torchvision/timm state dict, lightly or solo-learn checkpoint)")
-    parser.add_argument("--dataset", default="", help="digits | cifar10 | imagefolder:PATH "
-                        "(default: the run's pretraining dataset)")
-    parser.add_argument("--data-root", default="", help="archive or folder for the dataset")
-    parser.add_argument("--cache-dir", default="", help="dataset extraction and feature cache "
-                        "(default: the run's data.cache_dir, else .cache/simclr-transfer)")
-    parser.add_argument("--tap", default="all", help="all, or a comma list such as h,z or "
-                        "head.0 (representations to probe)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=0, help="use a seeded random subset of N "
-                        "images per split (0 = all); for smoke tests")
-    parser.add_argument("--image-size", type=int, default=0, help="eval crop size "
-                        "(default: the dataset's)")
-    parser.add_argument("--encoder", default="", help="architecture of an external checkpoint")
-    parser.add_argument("--cifar-stem", action="store_true", help="external ResNet with the "
-                        "3x3 CIFAR stem")
-    parser.add_argument("--output-dir", default="", help="where results.jsonl goes (default: "
-                        "the run directory; beside an external checkpoint)")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write features")
-    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                        help="label stored in every record (repeatable); suites use it")
-    parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
+    """``RUN`` and the options every probe takes (the fields of :class:`ProbeOptions`)."""
+    add_options(parser, ProbeOptions)
 
 
 def int_list(text: str) -> list[int]:
@@ -118,41 +134,64 @@ def parse_taps(spec: str, valid: list[str]) -> list[str]:
     return [t for t in valid if t in taps]
 
 
+def eval_recipe(
+    loaded: LoadedModel, info: DatasetInfo, image_size: int = 0, normalize: str = "auto"
+) -> ViewRecipe:
+    """How a probe prepares images of a dataset with ``info`` for ``loaded``.
+
+    Augmentation strengths (for probes that augment) come from the dataset's preset; the crop
+    size and the normalisation are the run's own (its :class:`~pretrain.run.RunSetup`), for an
+    external checkpoint the dataset's, unless ``image_size`` (> 0) or ``normalize`` (a preset
+    name) override them.
+    """
+    recipe = resolve_recipe(AugmentConfig(), info)
+    run = loaded.run
+    size = image_size or (run.setup.image_size if run else recipe.image_size)
+    if normalize != "auto":
+        preset = get_preset(normalize, "--normalize")
+        mean, std = preset.mean, preset.std
+    elif run is not None:
+        mean, std = run.setup.mean, run.setup.std
+    else:
+        mean, std = recipe.mean, recipe.std
+    return dataclasses.replace(recipe, image_size=size, mean=mean, std=std)
+
+
 @dataclass
 class ProbeSession:
-    args: argparse.Namespace
+    options: ProbeOptions
     loaded: LoadedModel
     dataset_name: str
     data_root: str
     cache_dir: str
     taps: list[str]
     device: torch.device
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[ResultRecord] = field(default_factory=list)
     _datasets: dict[str, ImageDataset | None] = field(default_factory=dict)
     _features: dict[str, FeatureSet] = field(default_factory=dict)
     _setup: dict[str, Any] | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, args: argparse.Namespace) -> ProbeSession:
-        tags = parse_tags(getattr(args, "tag", []) or [])
-        loaded = load_any(args.run, encoder=args.encoder, cifar_stem=args.cifar_stem)
+    def open(cls, options: ProbeOptions) -> ProbeSession:
+        opts = options
+        tags = parse_tags(opts.tag)
+        loaded = load_any(opts.run, encoder=opts.encoder, cifar_stem=opts.cifar_stem)
         if loaded.unused_keys:
             shown = ", ".join(loaded.unused_keys[:8])
             more = f" (+{len(loaded.unused_keys) - 8} more)" if len(loaded.unused_keys) > 8 else ""
             log.warning("warning: %d checkpoint keys were not used: %s%s",
                         len(loaded.unused_keys), shown, more)
-        cfg = loaded.config
-        name = args.dataset or (cfg.data.name if cfg else "")
+        cfg = loaded.run.config if loaded.run is not None else None
+        name = opts.dataset or (cfg.data.name if cfg else "")
         if not name:
             raise UserError("an external checkpoint needs --dataset (digits, cifar10, "
                             "imagefolder:PATH)")
         same = cfg is not None and name == cfg.data.name
-        root = args.data_root or (cfg.data.root if same and cfg else "")
-        cache = args.cache_dir or (cfg.data.cache_dir if cfg else "") or ".cache/simclr-transfer"
-        taps = parse_taps(args.tap, loaded.taps)
-        return cls(args, loaded, name, root, cache, taps, resolve_device(args.device),
-                   tags=tags)
+        root = opts.data_root or (cfg.data.root if same and cfg else "")
+        cache = opts.cache_dir or (cfg.data.cache_dir if cfg else "") or DEFAULT_CACHE_DIR
+        taps = parse_taps(opts.tap, loaded.taps)
+        return cls(opts, loaded, name, root, cache, taps, resolve_device(opts.device), tags=tags)
 
     # -- data -------------------------------------------------------------------------------
     @property
@@ -183,9 +222,9 @@ class ProbeSession:
                 if required:
                     raise
                 ds = None
-            if ds is not None and self.args.limit and self.args.limit < len(ds):
-                rng = np.random.default_rng(self.args.seed)
-                ds = subset(ds, np.sort(rng.choice(len(ds), self.args.limit, replace=False)))
+            if ds is not None and self.options.limit and self.options.limit < len(ds):
+                rng = np.random.default_rng(self.options.seed)
+                ds = ds.select(np.sort(rng.choice(len(ds), self.options.limit, replace=False)))
             self._datasets[split] = ds
         return self._datasets[split]
 
@@ -209,9 +248,10 @@ class ProbeSession:
         raise DataError(f"dataset {self.dataset_name} has neither a test nor a val split")
 
     def recipe(self, split: str = "train") -> ViewRecipe:
+        """The views of ``split`` (see :func:`eval_recipe`)."""
         ds = self.dataset(split)
         assert ds is not None
-        return resolve_recipe(AugmentConfig(image_size=self.args.image_size), ds.info)
+        return eval_recipe(self.loaded, ds.info, self.options.image_size, self.options.normalize)
 
     def features(self, split: str) -> FeatureSet:
         """Eval-transform features of ``split`` at every session tap (cached)."""
@@ -220,11 +260,11 @@ class ProbeSession:
             assert ds is not None
             fs = load_features(
                 self.loaded.model, self.loaded.model_key, ds,
-                f"{self.dataset_name}|{self.data_root}|limit={self.args.limit}"
-                f"|seed={self.args.seed if self.args.limit else 0}",
+                f"{self.dataset_name}|{self.data_root}|limit={self.options.limit}"
+                f"|seed={self.options.seed if self.options.limit else 0}",
                 split, eval_transform(self.recipe(split)), self.taps,
-                None if self.args.no_cache else self.cache_dir,
-                self.args.batch_size, self.device, self.args.workers,
+                None if self.options.no_cache else self.cache_dir,
+                self.options.batch_size, self.device, self.options.workers,
             )
             self._features[split] = fs
         return self._features[split]
@@ -237,19 +277,20 @@ class ProbeSession:
 
     # -- records ------------------------------------------------------------------------------
     def record(self, evaluator: str, tap: str, metrics: dict[str, float],
-               settings: dict[str, Any], splits: dict[str, int], wall_s: float) -> dict:
+               settings: dict[str, Any], splits: dict[str, int], wall_s: float) -> ResultRecord:
         """Build one record (see :mod:`probes.records`) and append it to the results file."""
         if self._setup is None:
-            self._setup = pretrain_setup(self.loaded)
-        extra = {"data_path": self.data_path, "limit": self.args.limit,
-                 "image_size": self.args.image_size}
+            self._setup = setup_block(self.loaded)
+        opts = self.options
+        extra = {"data_path": self.data_path, "limit": opts.limit, "image_size": opts.image_size,
+                 "normalize": "" if opts.normalize == "auto" else opts.normalize}
         settings = {**settings, **{k: v for k, v in extra.items() if v}}  # only when they apply
         rec = make_record(
             evaluator, tap, self.display_name, metrics, settings, self._setup,
-            splits, self.args.seed, wall_s, str(self.device), self.tags,
+            splits, opts.seed, wall_s, str(self.device), self.tags,
         )
         if is_main_process():  # under torchrun every rank computes, rank 0 writes
-            write_records([rec], results_path(self.loaded, self.args.output_dir))
+            write_records([rec], results_path(self.loaded, opts.output_dir))
         self.records.append(rec)
         return rec
 
@@ -264,13 +305,13 @@ class ProbeSession:
             tail = (suffix or {}).get(i, "")
             for key, value in rec["metrics"].items():
                 out[f"{rec['tap']}:{key}{tail}"] = value
-        if not getattr(self.args, "json", False) and is_main_process():
+        if not self.options.json and is_main_process():
             print_table(self.records, suffix)
-            print(f"records appended to {results_path(self.loaded, self.args.output_dir)}")
+            print(f"records appended to {results_path(self.loaded, self.options.output_dir)}")
         return out
 
 
-def print_table(records: list[dict[str, Any]], suffix: dict[int, str] | None = None,
+def print_table(records: list[ResultRecord], suffix: dict[int, str] | None = None,
                 file: Any = None) -> None:
     """A short human-readable table: one row per record, one column per metric."""
     file = file or sys.stdout

@@ -1,18 +1,29 @@
-"""Shared fixtures: a tiny run directory built without training, and the shared data folder."""
+"""Shared fixtures: a tiny run directory built without training, the shared data folder, and a
+guard that the test session writes nothing into the checkout."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from pretrain.checkpoint import save_checkpoint
+from pretrain.augment import resolve_recipe
 from pretrain.config import PretrainConfig
-from pretrain.config_io import to_dict, write_yaml
-from pretrain.data import shared_data_dirs
+from pretrain.data import DatasetInfo, load_dataset, shared_data_dirs
 from pretrain.model import build_model
-from pretrain.runs import CHECKPOINT_FILE, CONFIG_FILE
+from pretrain.run import (
+    CHECKPOINT_FILE,
+    RunSetup,
+    RunState,
+    prepare_run_dir,
+    write_checkpoint,
+    write_run_files,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_run_dir(
@@ -22,8 +33,15 @@ def make_run_dir(
     num_layers: int = 2,
     seed: int = 0,
     dataset: str = "digits",
+    info: DatasetInfo | None = None,
+    **overrides: object,
 ) -> Path:
-    """A run directory in the exact format ``simclr-pretrain`` writes, with random weights."""
+    """A run directory written through the run contract, exactly as ``simclr-pretrain`` writes
+    one (config.yaml, setup.json, checkpoint.pt), with random weights and one epoch done.
+
+    ``info`` stands in for the dataset's (loaded for digits; required for a dataset that is
+    not on disk); ``overrides`` set ``section.key`` values (``augment__image_size=24``).
+    """
     cfg = PretrainConfig()
     cfg.data.name = dataset
     cfg.model.encoder = encoder
@@ -33,14 +51,17 @@ def make_run_dir(
     cfg.model.out_dim = 32
     cfg.train.seed = seed
     cfg.train.epochs = 1
+    cfg.train.run_dir, cfg.train.name = str(path.parent), path.name
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
     torch.manual_seed(seed)
     model = build_model(cfg.model)
-    path.mkdir(parents=True, exist_ok=True)
-    write_yaml(to_dict(cfg), path / CONFIG_FILE)
-    save_checkpoint(
-        {"encoder": model.encoder.state_dict(), "head": model.head.state_dict(), "epoch": 1},
-        path / CHECKPOINT_FILE,
-    )
+    info = info or load_dataset(dataset).info
+    setup = RunSetup.build(cfg, model, resolve_recipe(cfg.augment, info))
+    write_run_files(prepare_run_dir(cfg, resume=False), cfg, setup)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    write_checkpoint(path / CHECKPOINT_FILE, model, optimizer, RunState(epoch=1, step=1), 1)
     return path
 
 
@@ -61,3 +82,28 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data_cache")
+
+
+# Caches that tools (not tests) keep in the checkout.
+TOOL_DIRS = {".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache",
+             ".import_linter_cache"}
+
+
+def checkout_files() -> set[str]:
+    """Every file in the checkout except those of version control and tool caches."""
+    found = set()
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in TOOL_DIRS and not d.endswith(".egg-info")]
+        found.update(os.path.relpath(os.path.join(root, f), REPO) for f in files)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean() -> Iterator[None]:
+    """Tests write runs, caches and records under tmp_path only: fail the session otherwise."""
+    before = checkout_files()
+    yield
+    new = sorted(checkout_files() - before)
+    if new:
+        pytest.fail(f"{len(new)} file(s) appeared in the checkout during the tests (tests must "
+                    f"write under tmp_path): {', '.join(new[:5])}")

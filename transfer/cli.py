@@ -1,45 +1,24 @@
 """``simclr-transfer <evaluator|tool> ...``: every subcommand comes from the evaluator registry.
 
-Built-in evaluators register themselves when ``probes.commands`` and ``transfer.commands`` are
-imported; third-party ones arrive through the ``simclr_transfer.evaluators`` entry points.
-A :class:`~pretrain.errors.UserError` is printed on one line and exits with status 2.
+Built-in evaluators and tools are registered by :mod:`transfer.commands`; third-party ones
+arrive through the ``simclr_transfer.evaluators`` entry points. A
+:class:`~pretrain.errors.UserError` is printed on one line and exits with status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+import transfer.commands  # noqa: F401  (registers the built-in evaluators and tools)
 from pretrain.cli import user_error_message
 from pretrain.distributed import init_from_environment, is_main_process, shutdown
 from pretrain.errors import UserError
-from probes.registry import EVALUATORS, load_plugins
-
-
-def register_builtins() -> None:
-    import probes.commands  # noqa: F401  (registers probes)
-    import transfer.commands  # noqa: F401  (registers detection, export, tables, ...)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="simclr-transfer",
-        description="Evaluate SimCLR representations: frozen-feature probes, detection "
-        "transfer, export, suites and tables.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("list", help="list every evaluator and tool, plugins included")
-    for name in EVALUATORS:
-        ev = EVALUATORS.get(name)
-        p = sub.add_parser(name, help=ev.help, description=ev.help)
-        ev.add_arguments(p)
-    return parser
+from probes.registry import EVALUATORS, build_parser, load_plugins
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        register_builtins()
         load_plugins()
         parser = build_parser()
         args = parser.parse_args(argv)

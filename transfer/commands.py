@@ -1,28 +1,38 @@
-"""Registers the built-in transfer commands with the evaluator registry.
+"""Registers every built-in ``simclr-transfer`` command with the evaluator registry.
 
-``detection`` (an evaluator: Faster R-CNN fine-tuning, writes records), ``export`` (a tool:
-backbone weights in torchvision, timm or detectron2 format), and the record tools ``suite``,
-``table``, ``plot`` and ``report`` (registered by importing :mod:`transfer.tools`).
+Importing this module is what makes the registry complete: the frozen-feature probes
+(:mod:`probes.commands`), ``detection`` (an evaluator: Faster R-CNN fine-tuning, writes records),
+``export`` (a tool: backbone weights in torchvision, timm or detectron2 format), the record tools
+``table``, ``plot`` and ``report`` (:mod:`transfer.tools`) and ``suite`` (:mod:`transfer.suite`).
 """
 
 from __future__ import annotations
 
-import transfer.tools  # noqa: F401  (registers suite, table, plot, report)
+import probes.commands  # noqa: F401  (registers linear, knn, retrieval, quality, fewshot)
 from probes.registry import Evaluator, register_evaluator
 from transfer.detection import command as detection
 from transfer.export import command as export
+from transfer.suite import add_suite_arguments, run_suite_tool
+from transfer.tools import TOOLS
 
-register_evaluator(Evaluator(
-    name="detection",
-    help="fine-tune Faster R-CNN (FPN or C4) from a backbone; COCO and VOC AP",
-    add_arguments=detection.add_arguments,
-    run=detection.run,
-    kind="evaluator",
-))
-register_evaluator(Evaluator(
-    name="export",
-    help="write backbone weights as torchvision, timm or detectron2 files",
-    add_arguments=export.add_arguments,
-    run=export.run,
-    kind="tool",
-))
+BUILTINS = (
+    Evaluator(
+        name="detection",
+        help="fine-tune Faster R-CNN (FPN or C4) from a backbone; COCO and VOC AP",
+        add_arguments=detection.add_arguments,
+        run=detection.run,
+        kind="evaluator",
+    ),
+    Evaluator(
+        name="export",
+        help="write backbone weights as torchvision, timm or detectron2 files",
+        add_arguments=export.add_arguments,
+        run=export.run,
+        kind="tool",
+    ),
+    Evaluator("suite", "run an experiment grid (variants x seeds x evaluators), resumable, and "
+              "print its tables", add_suite_arguments, run_suite_tool, kind="tool"),
+    *TOOLS,
+)
+for _command in BUILTINS:
+    register_evaluator(_command)

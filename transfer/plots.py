@@ -1,6 +1,6 @@
 """Figures from result records and pretraining logs (PNG, matplotlib's Agg renderer).
 
-Each ``plot_*`` function takes flattened records (:func:`transfer.tables.load_records`) or
+Each ``plot_*`` function takes flattened records (:func:`transfer.records.load_records`) or
 metrics lines, writes one PNG and returns its path, or returns None when the input holds no data
 for that figure. Points are means over seeds with error bars of the sample std (ddof=1; none
 for a single seed); the aggregation is :func:`transfer.tables.build_table`'s, so a figure never
@@ -24,14 +24,22 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from pretrain.config_io import read_yaml
 from pretrain.errors import UserError
-from pretrain.runs import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, read_jsonl
-from transfer.tables import FlatRecord, Table, build_table, display, head_depth, head_label, sort_key
+from pretrain.jsonl import read_jsonl
+from pretrain.run import METRICS_FILE
+from transfer.records import (
+    FlatRecord,
+    display,
+    epoch_series,
+    head_depths,
+    knn_k,
+    primary_metrics,
+    run_labels,
+    setup_groups,
+)
+from transfer.tables import Table, build_table, sort_key
 
-KNN_K = re.compile(r"^knn/top1@k(\d+)$")
 RANKME = "quality/rankme"
-DEPTH_TICKS = {0: "none", 1: "linear", 2: "mlp-2", 3: "mlp-3"}
 
 
 def slug(text: str) -> str:
@@ -74,23 +82,27 @@ def _seeds(table: Table) -> str:
 def plot_depth(
     records: Sequence[FlatRecord], path: str | Path, metric: str, taps: Sequence[str] = ("h", "z")
 ) -> Path | None:
-    """``metric`` against head depth (none=0, linear=1, mlp-L=L), one line per tap."""
-    recs = [r for r in records if metric in r.metrics and r.fields.get("tap", "h") in taps
-            and head_depth(str(r.fields.get("head"))) is not None]
+    """``metric`` against head depth, one line per tap.
+
+    Each head sits at the ``head_depth`` its records give (none 0, linear 1, mlp-L L), with its
+    label as the tick; heads without a depth (``random``, a file's stem) are left out.
+    """
+    candidates = [r for r in records if metric in r.metrics and r.fields.get("tap", "h") in taps]
+    depths = head_depths(candidates)
+    recs = [r for r in candidates if display(r.fields.get("head")) in depths]
     if not recs:
         return None
     table = build_table(recs, rows=("tap",), cols=("head",), metrics=[metric])
     fig = Figure(figsize=(5, 3.6))
     ax = fig.add_subplot()
-    depths: set[int] = set()
     for row in table.rows:
-        pts = [(head_depth(label) or 0, m, s) for label, m, s, _ in _points(table, row)]
-        x = [p[0] for p in pts]  # every head here has a depth: records were filtered on it
-        depths.update(x)
-        ax.errorbar(x, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                    label=f"tap {Table.label(row)}")
-    ticks = sorted(depths)
-    ax.set_xticks(ticks, [DEPTH_TICKS.get(d, f"mlp-{d}") for d in ticks])
+        pts = [(depths[label], m, s) for label, m, s, _ in _points(table, row)]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                    capsize=3, label=f"tap {Table.label(row)}")
+    ticks: dict[int, list[str]] = {}
+    for col in table.cols:  # shallow to deep: build_table orders heads by depth
+        ticks.setdefault(depths[Table.label(col)], []).append(Table.label(col))
+    ax.set_xticks(list(ticks), ["/".join(labels) for labels in ticks.values()])
     ax.set_xlabel("projection head (depth)")
     ax.set_ylabel(metric)
     return _save(fig, ax, path, f"{metric} vs head depth ({_seeds(table)} seeds)")
@@ -124,35 +136,25 @@ def plot_rankme(records: Sequence[FlatRecord], path: str | Path) -> Path | None:
 
 def plot_knn_k(records: Sequence[FlatRecord], path: str | Path, tap: str = "h") -> Path | None:
     """k-NN top-1 accuracy against k (log axis) at ``tap``, one line per head."""
-    recs = [r for r in records if r.fields.get("tap") == tap and any(KNN_K.match(m) for m in r.metrics)]
+    ks = {m: k for r in records if r.fields.get("tap") == tap for m in r.metrics
+          if (k := knn_k(m)) is not None}
+    recs = [r for r in records if r.fields.get("tap") == tap and any(m in ks for m in r.metrics)]
     if not recs:
         return None
-    ks = sorted({m for r in recs for m in r.metrics if KNN_K.match(m)},
-                key=lambda m: int(KNN_K.match(m).group(1)))  # type: ignore[union-attr]
-    table = build_table(recs, rows=("head",), cols=("metric",), metrics=ks)
+    table = build_table(recs, rows=("head",), cols=("metric",), metrics=sorted(ks, key=ks.__getitem__))
     fig = Figure(figsize=(5, 3.6))
     ax = fig.add_subplot()
     for row in table.rows:
         pts = _points(table, row)
-        x = [int(KNN_K.match(p[0]).group(1)) for p in pts]  # type: ignore[union-attr]
-        ax.errorbar(x, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                    label=Table.label(row))
+        ax.errorbar([ks[p[0]] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                    marker="o", capsize=3, label=Table.label(row))
     ax.set_xscale("log")
-    shown = sorted({int(KNN_K.match(Table.label(c)).group(1)) for c in table.cols})  # type: ignore[union-attr]
+    shown = sorted({ks[Table.label(c)] for c in table.cols})
     ax.set_xticks(shown, [str(k) for k in shown])
     ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels: clutter, and slow
     ax.set_xlabel("k (neighbours)")
     ax.set_ylabel("k-NN top-1 (%)")
     return _save(fig, ax, path, f"k-NN accuracy vs k at tap {tap} ({_seeds(table)} seeds)")
-
-
-def epoch_series(lines: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Epoch -> its metrics line; after a resume the epoch's last line wins; events are skipped."""
-    series: dict[int, dict[str, Any]] = {}
-    for line in lines:
-        if "event" not in line and isinstance(line.get("epoch"), int):
-            series[line["epoch"]] = line
-    return dict(sorted(series.items()))
 
 
 def plot_pretraining(
@@ -161,7 +163,8 @@ def plot_pretraining(
     """Pretraining loss and lr per epoch; runs sharing a label are averaged (band = std).
 
     Args:
-        curves: (label, metrics.jsonl lines) per run; the label is usually the head label.
+        curves: (label, metrics.jsonl lines) per run (:func:`transfer.records.run_labels`);
+            labels are drawn in order of first appearance.
     """
     groups: dict[str, list[dict[int, dict[str, Any]]]] = {}
     for label, lines in curves:
@@ -172,7 +175,7 @@ def plot_pretraining(
         return None
     fig = Figure(figsize=(9, 3.6))
     axes = fig.subplots(1, 2)
-    for label, runs in sorted(groups.items(), key=lambda kv: sort_key("head", kv[0], {})):
+    for label, runs in groups.items():
         for ax, key in zip(axes, ("loss", "lr"), strict=True):
             epochs = sorted({e for s in runs for e in s if key in s[e]})
             vals = [[s[e][key] for s in runs if e in s and key in s[e]] for e in epochs]
@@ -191,72 +194,6 @@ def plot_pretraining(
     return _save(fig, axes[0], path, "pretraining loss (mean ± std over seeds)")
 
 
-def find_runs(paths: Sequence[str | Path], records: Sequence[FlatRecord] = ()) -> list[Path]:
-    """Run directories (``config.yaml`` + ``metrics.jsonl``) named by, under or recorded in ``paths``."""
-    candidates: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_file():
-            candidates.append(p.parent)
-        elif p.is_dir():
-            candidates.append(p)
-            candidates += [m.parent for m in sorted(p.rglob(METRICS_FILE))]
-            candidates += [m.parent for m in sorted(p.rglob(RESULTS_FILE))]
-    candidates += [Path(str(r.fields[k])) for r in records
-                   for k in ("run_dir", "setup.run_dir") if k in r.fields]
-    runs: dict[Path, None] = {}
-    for c in candidates:
-        if (c / CONFIG_FILE).is_file() and (c / METRICS_FILE).is_file():
-            runs[c.resolve()] = None
-    return list(runs)
-
-
-def run_labels(runs: Sequence[Path]) -> list[str]:
-    """Each run's head label (``mlp-2``) from its ``config.yaml``, prefixed by the pretraining
-    dataset, encoder and epochs where those differ between the runs (so curves never merge
-    runs of different setups)."""
-    cfgs = [read_yaml(run / CONFIG_FILE) for run in runs]
-    keys = [(str(c.get("data", {}).get("name", "?")), str(c.get("model", {}).get("encoder", "?")),
-             f"{c.get('train', {}).get('epochs', '?')} ep") for c in cfgs]
-    varying = [i for i in range(3) if len({k[i] for k in keys}) > 1]
-    labels = []
-    for cfg, key in zip(cfgs, keys, strict=True):
-        model = cfg.get("model", {})
-        head = head_label(str(model.get("head", "?")), model.get("num_layers"))
-        labels.append(" ".join([key[i] for i in varying] + [head]))
-    return labels
-
-
-def primary_metrics(records: Sequence[FlatRecord]) -> list[str]:
-    """One headline metric per evaluator namespace: k-NN at its largest k, else the first top-1."""
-    names = list(dict.fromkeys(m for r in records for m in r.metrics))
-    out = []
-    for ns in dict.fromkeys(m.split("/")[0] for m in names):
-        mine = [m for m in names if m.split("/")[0] == ns]
-        if ns == "quality":
-            continue  # RankMe has its own figure; alignment/uniformity are not accuracies
-        knn = [m for m in mine if KNN_K.match(m)]
-        top1 = [m for m in mine if "top1" in m]
-        if knn:
-            out.append(max(knn, key=lambda m: int(KNN_K.match(m).group(1))))  # type: ignore[union-attr]
-        else:
-            out.append(top1[0] if top1 else mine[0])
-    return out
-
-
-GROUP_FIELDS = ("dataset", "pretrain_dataset", "encoder", "epochs", "batch_size")
-
-
-def setup_groups(records: Sequence[FlatRecord]) -> list[tuple[str, list[FlatRecord]]]:
-    """Records split by the setup fields that vary among them; (name, records) per group."""
-    varying = [f for f in GROUP_FIELDS
-               if len({display(r.fields.get(f)) for r in records}) > 1]
-    groups: dict[tuple[str, ...], list[FlatRecord]] = {}
-    for r in records:
-        groups.setdefault(tuple(display(r.fields.get(f)) for f in varying), []).append(r)
-    return [(" ".join(f"{f}={v}" for f, v in zip(varying, key, strict=True)), recs)
-            for key, recs in sorted(groups.items())]
-
-
 def write_figures(
     records: Sequence[FlatRecord], runs: Sequence[Path], out_dir: str | Path
 ) -> tuple[list[tuple[str, Path]], list[str]]:
@@ -267,7 +204,8 @@ def write_figures(
 
     Returns:
         ((title, path) per figure written, one line per figure skipped because its records
-        could not be aggregated, e.g. two settings of one probe in one cell).
+        could not be aggregated (e.g. two settings of one probe in one cell) and per run left
+        out of the pretraining curves (no readable ``setup.json``)).
     """
     out_dir = Path(out_dir)
     jobs: list[tuple[str, Path, Callable[[Path], Path | None]]] = []
@@ -279,16 +217,16 @@ def write_figures(
             if len({r.fields.get("tap") for r in recs if m in r.metrics}) > 1:
                 jobs.append((f"{m} per tap{where}", out_dir / f"taps_{slug(m)}{sfx}.png",
                              partial(plot_taps, recs, metric=m)))
-        taps = sorted({str(r.fields.get("tap")) for r in recs}, key=lambda t: sort_key("tap", t, {}))
+        taps = sorted({str(r.fields.get("tap")) for r in recs}, key=lambda t: sort_key("tap", t))
         for tap in taps:
             jobs.append((f"k-NN accuracy vs k at {tap}{where}", out_dir / f"knn_k_{slug(tap)}{sfx}.png",
                          partial(plot_knn_k, recs, tap=tap)))
         jobs.append((f"RankMe per tap{where}", out_dir / f"rankme{sfx}.png", partial(plot_rankme, recs)))
-    labels = run_labels(runs)
-    curves = [(label, read_jsonl(run / METRICS_FILE)) for run, label in zip(runs, labels, strict=True)]
+    labels, left_out = run_labels(runs)
+    curves = [(label, read_jsonl(run / METRICS_FILE)) for run, label in labels.items()]
     jobs.append(("pretraining loss and learning rate", out_dir / "pretraining.png",
                  partial(plot_pretraining, curves)))
-    written, skipped = [], []
+    written, skipped = [], [f"pretraining curve: {line}" for line in left_out]
     for title, path, make in jobs:
         try:
             result = make(path)

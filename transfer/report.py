@@ -1,153 +1,35 @@
-"""Render tables (Markdown, LaTeX with booktabs, CSV, HTML) and write the static HTML report.
+"""The static HTML report: every table, figure and run config in one self-contained folder.
 
-A cell reads ``mean ± std (n=k)`` (std = sample std, ddof=1; omitted for one seed); the best
-cell of each column is bold. :func:`write_report` builds ``index.html`` in a folder that holds
-everything it links: figures (``*.png``), each table as ``tables/<name>.{md,tex,csv}`` and each
-run's ``config.yaml`` copied to ``configs/<run>.yaml``, so the folder can be moved or served as is.
+:func:`write_report` builds ``index.html`` in a folder that holds everything it links: figures
+(``figures/*.png``, :mod:`transfer.plots`), each table in every registered format
+(``tables/<table>.<extension>``, :data:`transfer.table_formats.TABLE_FORMATS`) and each run's
+``config.yaml`` copied to ``configs/<run>.yaml``, so the folder can be moved or served as is.
 """
 
 from __future__ import annotations
 
-import csv
 import html
-import io
-import math
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pretrain.errors import UserError
-from pretrain.runs import CONFIG_FILE
-from transfer.plots import find_runs, primary_metrics, run_labels, setup_groups, slug, write_figures
-from transfer.stats import Comparison
-from transfer.tables import (
+from pretrain.run import CONFIG_FILE
+from transfer.plots import slug, write_figures
+from transfer.records import (
     METRIC,
-    Cell,
     Filter,
     FlatRecord,
-    Table,
     apply_filters,
-    build_table,
+    find_runs,
     metric_names,
+    primary_metrics,
+    run_labels,
+    setup_groups,
 )
-
-LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "−": r"$-$", "–": "--",
-}
-
-
-def latex_escape(text: str) -> str:
-    """``mlp_2`` -> ``mlp\\_2``, ``50%`` -> ``50\\%``, ``±`` -> ``$\\pm$``."""
-    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in text)
-
-
-def cell_text(cell: Cell | None, digits: int = 2) -> tuple[str, str]:
-    """(``mean ± std`` or ``mean`` for one seed, ``n=k``); ``("–", "")`` for an empty cell."""
-    if cell is None:
-        return "–", ""
-    mean, std, n = cell.stats
-    main = f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-    return main, f"n={n}"
-
-
-def render_markdown(table: Table, comparisons: Sequence[Comparison] = (), digits: int = 2) -> str:
-    """A pipe table with the caption above and paired comparisons below."""
-    def esc(s: str) -> str:
-        return s.replace("|", r"\|")
-
-    header = [esc(f) for f in table.row_fields] + [esc(Table.label(c)) for c in table.cols]
-    lines = [f"**Table.** {table.caption}", "", "| " + " | ".join(header) + " |",
-             "|" + "---|" * len(table.row_fields) + "--:|" * len(table.cols)]
-    for row in table.rows:
-        out = [esc(v) for v in row]
-        for col in table.cols:
-            cell = table.cell(row, col)
-            main, n = cell_text(cell, digits)
-            main = f"**{main}**" if cell is not None and cell.best else main
-            out.append(f"{main} ({n})" if n else main)
-        lines.append("| " + " | ".join(out) + " |")
-    if comparisons:
-        lines += ["", "Paired comparisons:", ""] + [f"- {c.describe(digits)}" for c in comparisons]
-    return "\n".join(lines) + "\n"
-
-
-def render_latex(table: Table, comparisons: Sequence[Comparison] = (), digits: int = 2) -> str:
-    """A ``table`` environment with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
-    spec = "l" * len(table.row_fields) + "c" * len(table.cols)
-    header = [latex_escape(f) for f in table.row_fields]
-    header += [latex_escape(Table.label(c)) for c in table.cols]
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(table.caption)}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
-    for row in table.rows:
-        out = [latex_escape(v) for v in row]
-        for col in table.cols:
-            cell = table.cell(row, col)
-            main, n = cell_text(cell, digits)
-            main = latex_escape(main)
-            main = rf"\textbf{{{main}}}" if cell is not None and cell.best else main
-            out.append(rf"{main} {{\scriptsize ({n})}}" if n else main)
-        lines.append(" & ".join(out) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if comparisons:
-        lines += [r"\par\smallskip{\footnotesize",
-                  (r"\\" + "\n").join(latex_escape(c.describe(digits)) for c in comparisons) + "}"]
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
-
-
-def render_csv(table: Table) -> str:
-    """One line per filled cell: the row and column fields, ``mean, std, n, best`` (full precision).
-
-    ``std`` is empty for a single seed. The caption and comparisons are not part of the CSV.
-    """
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*table.row_fields, *table.col_fields, "mean", "std", "n", "best"])
-    for row in table.rows:
-        for col in table.cols:
-            cell = table.cell(row, col)
-            if cell is None:
-                continue
-            mean, std, n = cell.stats
-            writer.writerow([*row, *col, repr(mean), "" if math.isnan(std) else repr(std), n,
-                             int(cell.best)])
-    return buf.getvalue()
-
-
-def render_html(table: Table, comparisons: Sequence[Comparison] = (), digits: int = 2) -> str:
-    """An HTML ``<table>`` with its caption; best cells in ``<b>``."""
-    e = html.escape
-    head = "".join(f"<th>{e(f)}</th>" for f in table.row_fields)
-    head += "".join(f"<th>{e(Table.label(c))}</th>" for c in table.cols)
-    body = []
-    for row in table.rows:
-        tds = "".join(f"<td>{e(v)}</td>" for v in row)
-        for col in table.cols:
-            cell = table.cell(row, col)
-            main, n = cell_text(cell, digits)
-            main = f"<b>{e(main)}</b>" if cell is not None and cell.best else e(main)
-            tds += f'<td class="num">{main}' + (f" <small>({e(n)})</small>" if n else "") + "</td>"
-        body.append(f"<tr>{tds}</tr>")
-    out = (f"<table>\n<caption>{e(table.caption)}</caption>\n<thead><tr>{head}</tr></thead>\n"
-           f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n")
-    if comparisons:
-        out += "<ul>" + "".join(f"<li>{e(c.describe(digits))}</li>" for c in comparisons) + "</ul>\n"
-    return out
-
-
-RENDERERS = {"md": render_markdown, "latex": render_latex}
-
-
-def render(table: Table, fmt: str, comparisons: Sequence[Comparison] = (), digits: int = 2) -> str:
-    """``fmt`` is ``md``, ``latex`` or ``csv`` (CSV carries no comparisons)."""
-    if fmt == "csv":
-        return render_csv(table)
-    if fmt not in RENDERERS:
-        raise UserError(f"unknown table format {fmt!r}; valid: csv, latex, md")
-    return RENDERERS[fmt](table, comparisons, digits)
+from transfer.table_formats import TABLE_FORMATS, render_html
+from transfer.tables import Table, TableRequest, make_table
 
 
 def standard_tables(records: Sequence[FlatRecord]) -> list[tuple[str, Table | str]]:
@@ -166,17 +48,17 @@ def standard_tables(records: Sequence[FlatRecord]) -> list[tuple[str, Table | st
                     and str(r.fields.get("evaluator")) == evaluator]
             taps = sorted({str(r.fields["tap"]) for r in mine if "tap" in r.fields})
             tap = "h" if "h" in taps else (taps[0] if taps else "")
-            specs: list[tuple[str, dict]] = [(
+            specs = [(
                 f"{evaluator} on {dataset}{', tap ' + tap if tap else ''}{where}",
-                {"cols": (METRIC,), "filters": [Filter("tap", (tap,))] if tap else []},
+                TableRequest(["head"], [METRIC], filters=[Filter("tap", (tap,))] if tap else []),
             )]
             if len(taps) > 1:  # quality metrics (RankMe, alignment...) are all shown per tap
                 per_tap = metric_names(mine) if evaluator == "quality" else primary_metrics(mine)
-                specs += [(f"{m} on {dataset} per tap{where}", {"cols": ("tap",), "metrics": [m]})
+                specs += [(f"{m} on {dataset} per tap{where}", TableRequest(["head"], ["tap"], [m]))
                           for m in per_tap]
-            for title, kw in specs:
+            for title, request in specs:
                 try:
-                    out.append((title, build_table(mine, rows=("head",), **kw)))
+                    out.append((title, make_table(mine, request)[0]))
                 except UserError as exc:
                     out.append((title, str(exc)))
     return out
@@ -214,7 +96,7 @@ def write_report(
     Args:
         paths: the inputs the records came from (searched for run directories).
         out_dir: report folder (created; files of an earlier report are overwritten).
-        records: flattened records (:func:`transfer.tables.load_records`).
+        records: flattened records (:func:`transfer.records.load_records`).
         filters: applied to the records before anything is made.
     """
     out = Path(out_dir)
@@ -235,9 +117,10 @@ def write_report(
             continue
         name = f"{i:02d}_{slug(title)}"
         links = []
-        for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
-            (out / "tables" / f"{name}.{ext}").write_text(render(table, fmt, digits=digits))
-            links.append(f'<a href="tables/{e(name)}.{ext}">{ext}</a>')
+        for fmt in map(TABLE_FORMATS.get, TABLE_FORMATS):
+            file = f"{name}.{fmt.extension}"
+            (out / "tables" / file).write_text(fmt.render(table, (), digits))
+            links.append(f'<a href="tables/{e(file)}">{e(fmt.extension)}</a>')
         parts.append(render_html(table, digits=digits) + f"<p>{' · '.join(links)}</p>")
     runs = find_runs(paths, records)
     figures, skipped = write_figures(records, runs, out / "figures")
@@ -248,10 +131,11 @@ def write_report(
                      "</figcaption></figure>")
     parts += [f'<p class="skip">figure skipped: {e(s)}</p>' for s in skipped]
     parts.append("<h2>Runs</h2>")
+    labels, _ = run_labels(runs)  # runs left out of the curves are listed among the skips above
     rows = "".join(
-        f'<tr><td>{e(run.name)}</td><td>{e(label)}</td>'
+        f'<tr><td>{e(run.name)}</td><td>{e(labels.get(run, "? (no readable setup.json)"))}</td>'
         f'<td><a href="configs/{e(name)}">config</a></td></tr>'
-        for (run, name), label in zip(copy_configs(runs, out / "configs"), run_labels(runs), strict=True)
+        for run, name in copy_configs(runs, out / "configs")
     )
     parts.append(f"<table><thead><tr><th>run</th><th>head</th><th>config</th></tr></thead>"
                  f"<tbody>{rows}</tbody></table>" if rows else "<p>no run directories found</p>")

@@ -14,11 +14,15 @@ Cells and how a rerun finds them finished:
   into its records). A killed suite therefore reruns only what has no record.
 
 All records land in the runs' ``results.jsonl`` files under the suite's ``output_dir``; the
-closing table is built from them (``simclr-transfer table <output_dir>``).
+closing tables are built from them by :func:`transfer.tables.make_table`, exactly as
+``simclr-transfer table <output_dir>`` would. Evaluator lines run in this process through the
+evaluator registry (:func:`probes.registry.run_command`), so every line is checked against the
+registry before anything is pretrained.
 """
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -28,7 +32,13 @@ from typing import Any
 from pretrain.config import PretrainConfig
 from pretrain.config_io import load_config
 from pretrain.errors import ConfigError
-from pretrain.runs import CHECKPOINT_FILE, RESULTS_FILE, SUMMARY_FILE, read_jsonl
+from pretrain.jsonl import read_jsonl
+from pretrain.run import CHECKPOINT_FILE, RESULTS_FILE, SUMMARY_FILE, run_dir_for
+from pretrain.train import train
+from probes.registry import EVALUATORS, run_command
+from transfer.records import Filter, load_records
+from transfer.table_formats import render
+from transfer.tables import TableRequest, make_table
 
 
 @dataclass
@@ -71,7 +81,7 @@ class PretrainCell:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.config.train.run_dir) / self.config.run_name()
+        return run_dir_for(self.config)
 
 
 @dataclass(frozen=True)
@@ -135,18 +145,16 @@ def evaluator_argv(line: str, run_dir: Path, tags: dict[str, str]) -> list[str]:
 
 def run_evaluator_line(line: str, run_dir: Path, tags: dict[str, str]) -> dict[str, Any]:
     """Run ``simclr-transfer <line>`` on ``run_dir`` in this process; exceptions propagate."""
-    from probes.registry import EVALUATORS
-    from transfer.cli import build_parser, register_builtins
+    return run_command(evaluator_argv(line, run_dir, tags))
 
-    register_builtins()
-    argv = evaluator_argv(line, run_dir, tags)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit:
-        raise ConfigError(
-            f"suite evaluator line {line!r} does not parse (see the message above)"
-        ) from None
-    return EVALUATORS.get(argv[0]).run(args)
+
+def check_evaluator_lines(suite: SuiteConfig) -> None:
+    """Every evaluator line names a registered evaluator (checked before any pretraining)."""
+    for line in suite.evaluators:
+        name = shlex.split(line)[0]
+        if name not in EVALUATORS:
+            raise ConfigError(f"suite evaluator line {line!r}: unknown evaluator {name!r}; "
+                              f"valid: {', '.join(EVALUATORS.names())}")
 
 
 @dataclass
@@ -159,8 +167,7 @@ class SuiteReport:
 
 def run_suite(suite: SuiteConfig, progress: bool = True) -> SuiteReport:
     """Run every unfinished cell of ``suite``; returns what ran and what was skipped."""
-    from pretrain.train import train
-
+    check_evaluator_lines(suite)
     report = SuiteReport()
     start = time.perf_counter()
     for cell in plan(suite):
@@ -200,27 +207,52 @@ def describe_plan(suite: SuiteConfig) -> list[str]:
     return lines
 
 
-def table_argv(suite: SuiteConfig, spec: TableSpec) -> list[str]:
-    """The ``simclr-transfer table`` arguments of one of the suite's tables."""
-    argv = ["table", str(Path(suite.output_dir) / suite.name), "--rows", spec.rows, "--cols", spec.cols]
-    argv += ["--filter", f"tags.suite={suite.name}"]
-    if spec.metric:
-        argv += ["--metric", spec.metric]
-    for item in spec.filter:
-        argv += ["--filter", item]
+def table_request(suite: SuiteConfig, spec: TableSpec) -> TableRequest:
+    """One of the suite's tables as the table builder's request (records of this suite only)."""
+    compare = []
     if spec.compare:
-        argv += ["--compare", spec.compare]
-    return argv
+        a, _, b = spec.compare.partition(",")
+        compare.append((a.strip(), b.strip()))
+    return TableRequest(
+        rows=[f.strip() for f in spec.rows.split(",") if f.strip()],
+        cols=[f.strip() for f in spec.cols.split(",") if f.strip()],
+        metrics=[spec.metric] if spec.metric else [],
+        filters=[Filter.parse(f"tags.suite={suite.name}"), *map(Filter.parse, spec.filter)],
+        compare=compare,
+    )
 
 
 def print_tables(suite: SuiteConfig) -> None:
-    """Print every table of the suite, built from its records only."""
-    from probes.registry import EVALUATORS
-    from transfer.cli import build_parser, register_builtins
-
-    register_builtins()
-    parser = build_parser()
+    """Print every table of the suite (Markdown), built from its records only."""
+    if not suite.tables:
+        return
+    records = load_records([Path(suite.output_dir) / suite.name])
     for spec in suite.tables:
-        args = parser.parse_args(table_argv(suite, spec))
+        table, comparisons = make_table(records, table_request(suite, spec))
         print()
-        EVALUATORS.get("table").run(args)
+        print(render(table, "md", comparisons), end="")
+
+
+def add_suite_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", help="suite YAML, e.g. configs/suites/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="suite overrides, e.g. seeds=[0,1,2] output_dir=/tmp/runs")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are done")
+
+
+def run_suite_tool(args: argparse.Namespace) -> dict[str, Any]:
+    """``simclr-transfer suite``: run the unfinished cells, then print the suite's tables."""
+    suite = load_suite(args.suite, args.overrides)
+    if args.dry_run:
+        for line in describe_plan(suite):
+            print(line)
+        return {}
+    report = run_suite(suite)
+    print(
+        f"suite {suite.name}: {len(report.pretrained)} runs pretrained, "
+        f"{len(report.evaluated)} evaluations, {len(report.skipped)} cells already done, "
+        f"{report.seconds:.0f} s"
+    )
+    print_tables(suite)
+    return {"pretrained": report.pretrained, "evaluated": report.evaluated,
+            "skipped": report.skipped, "seconds": report.seconds}

@@ -9,33 +9,27 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
+from ddp_step_worker import HEADS, PER_RANK_BATCH, make_inputs, make_model
+from subprocesses import child_env, torchrun
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ddp_step_worker import HEADS, PER_RANK_BATCH, make_inputs, make_model  # noqa: E402
-
-from pretrain.checkpoint import load_checkpoint  # noqa: E402
-from pretrain.data import load_dataset  # noqa: E402
-from pretrain.loss import nt_xent  # noqa: E402
-from pretrain.train import CPUTwoViewBatches  # noqa: E402
+from pretrain.checkpoint import load_checkpoint
+from pretrain.data import load_dataset
+from pretrain.loss import nt_xent
+from pretrain.train import CPUTwoViewBatches
 
 WORLD = 2
-TORCHRUN = shutil.which("torchrun")
-pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed")
 
 
 def _torchrun(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={WORLD}", *args]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    """``torchrun`` with WORLD ranks; the workers import ddp_step_worker from this folder."""
+    return subprocess.Popen(torchrun(WORLD, *args), env=child_env(Path(__file__).parent),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
 
 def _reference(head: str, sync_bn: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -20,7 +20,7 @@ from pretrain.gpu_data import (
     make_device_batches,
     shard_indices,
 )
-from pretrain.heads import build_head
+from pretrain.heads import HeadShape, build_head
 from pretrain.loss import nt_xent
 from pretrain.model import SimCLRModel
 from pretrain.step import TrainStep
@@ -161,7 +161,7 @@ def test_file_batches_decode_in_workers_and_augment_on_the_device(
 
 def _model(seed: int = 0) -> SimCLRModel:
     torch.manual_seed(seed)
-    return SimCLRModel(SmallCNN(width=4), build_head("mlp", 32, 8, 16, 2, True))
+    return SimCLRModel(SmallCNN(width=4), build_head("mlp", 32, HeadShape(out_dim=8, hidden_dim=16)))
 
 
 def test_train_step_equals_a_plain_step_and_reads_the_mean_loss() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from pretrain.encoders import ENCODERS, build_encoder
 from pretrain.errors import UserError
-from pretrain.heads import HEADS, build_head
+from pretrain.heads import HEADS, HeadShape, build_head
 from pretrain.model import SimCLRModel
 from pretrain.registry import Registry
 
@@ -60,7 +60,7 @@ def test_unknown_encoder_lists_valid_names() -> None:
 )
 def test_heads_shapes_and_taps(name: str, kwargs: dict, taps: list[str], out: int) -> None:
     torch.manual_seed(0)
-    head = build_head(name, in_dim=32, **kwargs)
+    head = build_head(name, in_dim=32, shape=HeadShape(**kwargs))
     h = torch.randn(5, 32)
     z = head(h)
     got = head.forward_taps(h)
@@ -74,7 +74,7 @@ def test_heads_shapes_and_taps(name: str, kwargs: dict, taps: list[str], out: in
 
 
 def test_mlp_layout_matches_official_code() -> None:
-    head = build_head("mlp", in_dim=32, hidden_dim=16, out_dim=8, num_layers=3, bn=True)
+    head = build_head("mlp", in_dim=32, shape=HeadShape(hidden_dim=16, out_dim=8, num_layers=3))
     kinds = [[type(m).__name__ for m in layer] for layer in head.layers]
     assert kinds == [
         ["Linear", "BatchNorm1d", "ReLU"],
@@ -89,7 +89,7 @@ def test_mlp_layout_matches_official_code() -> None:
 
 def test_model_taps_in_one_pass() -> None:
     enc = build_encoder("small_cnn")
-    model = SimCLRModel(enc, build_head("mlp", in_dim=enc.num_features, hidden_dim=16, out_dim=8))
+    model = SimCLRModel(enc, build_head("mlp", enc.num_features, HeadShape(hidden_dim=16, out_dim=8)))
     assert model.tap_names() == ["h", "head.0", "z"]
     model.eval()
     x = torch.randn(3, 3, 16, 16)

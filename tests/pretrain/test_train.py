@@ -21,7 +21,8 @@ from pretrain.cli import main as pretrain_main
 from pretrain.config import PretrainConfig
 from pretrain.config_io import load_config
 from pretrain.errors import NonFiniteLossError, UserError
-from pretrain.runs import load_run_model, read_jsonl
+from pretrain.jsonl import read_jsonl
+from pretrain.run import load_run
 from pretrain.train import train
 
 FAST = [
@@ -48,6 +49,7 @@ def test_two_epoch_run_writes_a_loadable_run_directory(tmp_path: Path) -> None:
         "checkpoint.pt",
         "config.yaml",
         "metrics.jsonl",
+        "setup.json",
         "summary.json",
     ]
     lines = read_jsonl(run / "metrics.jsonl")
@@ -56,11 +58,12 @@ def test_two_epoch_run_writes_a_loadable_run_directory(tmp_path: Path) -> None:
     assert lines[-1]["event"] == "summary" and summary["steps"] == 8
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     ckpt = load_checkpoint(run / "checkpoint.pt")
-    assert {"encoder", "head", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ckpt)
-    assert ckpt["scheduler"] == {"step": 8, "total_steps": 8, "peak_lr": pytest.approx(0.0125)}
-    model, loaded_cfg = load_run_model(run)
-    assert loaded_cfg == cfg
-    assert model.tap_names() == ["h", "head.0", "z"] and not model.training
+    assert set(ckpt) == {"format", "encoder", "head", "optimizer", "epoch", "step", "total_steps"}
+    assert (ckpt["epoch"], ckpt["step"], ckpt["total_steps"]) == (2, 8, 8)
+    loaded = load_run(run)
+    assert loaded.config == cfg and loaded.epoch == 2
+    assert loaded.model.tap_names() == ["h", "head.0", "z"] and not loaded.model.training
+    assert loaded.setup.head == "mlp-2" and loaded.setup.taps == ("h", "head.0", "z")
     with pytest.raises(UserError, match="already holds a checkpoint"):
         train(cfg)  # never overwrite a finished run silently
 
@@ -112,7 +115,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert pretrain_main([*args, "train.name=killed", "--resume"]) == 0
     full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     resumed = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
-    assert resumed["epoch"] == 3 and resumed["scheduler"]["step"] == full["scheduler"]["step"]
+    assert resumed["epoch"] == 3 and resumed["step"] == full["step"]
     for part in ("encoder", "head"):
         for key, value in full[part].items():
             torch.testing.assert_close(resumed[part][key], value, rtol=0, atol=0, msg=key)

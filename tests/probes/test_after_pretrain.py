@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pretrain.cli import main as pretrain_main
-from pretrain.runs import read_jsonl
+from pretrain.jsonl import read_jsonl
 from transfer.cli import main
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -27,6 +27,8 @@ def test_probes_read_a_freshly_pretrained_run(tmp_path, capsys):
     records = read_jsonl(run / "results.jsonl")
     assert [r["evaluator"] for r in records] == ["knn"] * 2 + ["linear"] * 2 + ["quality"] * 2
     setup = records[0]["setup"]
-    assert (setup["epochs"], setup["checkpoint_epoch"], setup["head"], setup["num_layers"]) == (
-        1, 1, "mlp", 2)
+    assert (setup["epochs"], setup["checkpoint_epoch"], setup["head"], setup["head_depth"]) == (
+        1, 1, "mlp-2", 2)
     assert setup["pretrain_dataset"] == "digits" and setup["hidden_dim"] == 256
+    assert setup["taps"] == ["h", "head.0", "z"] and setup["image_size"] == 16
+    assert setup["mean"] == [0.5, 0.5, 0.5]  # the digits preset the run was trained with

@@ -6,12 +6,19 @@ so a correct mapping must reproduce the reference model's outputs exactly.
 
 from __future__ import annotations
 
+import builtins
+import hashlib
+import io
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from pretrain.checkpoint import save_checkpoint
+from pretrain.encoders import build_encoder
 from pretrain.errors import CheckpointError
 from probes.checkpoints import load_any
 
@@ -115,13 +122,49 @@ def test_wrong_architecture_is_an_error_naming_the_fix(resnet, tmp_path):
         load_any(path, encoder="resnet50", cifar_stem=True)
 
 
-def test_external_file_needs_an_encoder_and_missing_paths_are_named(resnet, tmp_path):
+def test_resnet_architecture_and_stem_are_read_from_the_keys(resnet, tmp_path):
     path = tmp_path / "tv.pth"
     torch.save(resnet.state_dict(), path)
+    inferred, named = load_any(path), load_any(path, encoder="resnet18", cifar_stem=True)
+    assert (inferred.encoder, inferred.cifar_stem) == ("resnet18", True)
+    assert inferred.model_key == named.model_key
+    lightly = {f"backbone.{k}": v for k, v in
+               nn.Sequential(*list(resnet.children())[:-1]).state_dict().items()}
+    save_checkpoint({"state_dict": lightly}, tmp_path / "lightly.ckpt")
+    assert load_any(tmp_path / "lightly.ckpt").encoder == "resnet18"  # integer-indexed keys
+    with torch.no_grad():
+        assert torch.allclose(inferred.model.forward_taps(X)["h"], features_of(resnet), atol=1e-5)
+
+
+def test_safetensors_files_load_like_torch_files(resnet, tmp_path):
+    from safetensors.torch import save_file
+
+    weights = {k: v.contiguous() for k, v in resnet.state_dict().items()}
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    loaded = load_any(tmp_path / "w.safetensors")
+    assert loaded.encoder == "resnet18" and loaded.unused_keys == ["fc.bias", "fc.weight"]
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.forward_taps(X)["h"], features_of(resnet), atol=1e-5)
+
+
+def test_non_resnet_file_needs_an_encoder_and_missing_paths_are_named(tmp_path):
+    path = tmp_path / "cnn.pth"
+    torch.save(build_encoder("small_cnn").state_dict(), path)
     with pytest.raises(CheckpointError, match="--encoder"):
         load_any(path)
+    assert load_any(path, encoder="small_cnn").taps == ["h"]
     with pytest.raises(CheckpointError, match="not found"):
         load_any(tmp_path / "nope")
+
+
+def test_missing_weights_are_refused_or_listed_when_allowed(resnet, tmp_path):
+    state = resnet.state_dict()
+    del state["layer4.1.bn2.running_var"]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="1 missing"):
+        load_any(tmp_path / "partial.pth")
+    assert load_any(tmp_path / "partial.pth", allow_missing=True).missing_keys == [
+        "layer4.1.bn2.running_var"]
 
 
 def test_run_directory_and_its_checkpoint_file(digits_run):
@@ -130,8 +173,34 @@ def test_run_directory_and_its_checkpoint_file(digits_run):
     assert a.source == b.source == "run"
     assert a.taps == ["h", "head.0", "z"]
     assert a.checkpoint_hash == b.checkpoint_hash and len(a.checkpoint_hash) == 64
-    assert a.config is not None and a.config.model.encoder == "small_cnn"
+    assert a.checkpoint_hash == hashlib.sha256((digits_run / "checkpoint.pt").read_bytes()).hexdigest()
+    assert a.run is not None and a.run.config.model.encoder == "small_cnn"
+    assert a.run.setup.head == "mlp-2" and a.epoch == 1
     assert not a.model.training
+
+
+def test_a_run_checkpoint_is_read_from_disk_once(digits_run, monkeypatch):
+    """Weights, hash and epoch come from one read of checkpoint.pt (it used to be three)."""
+    opened = []
+    real_open = io.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file).name == "checkpoint.pt":
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)
+    loaded = load_any(digits_run)
+    assert len(opened) == 1 and loaded.epoch == 1 and len(loaded.checkpoint_hash) == 64
+
+
+def test_our_linear_head_is_rebuilt_as_a_linear_head(run_factory, tmp_path):
+    run = run_factory(tmp_path / "run", head="linear")
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes((run / "checkpoint.pt").read_bytes())
+    loaded = load_any(copy, encoder="small_cnn")
+    assert loaded.model.head.identity.label == "linear" and loaded.taps == ["h", "z"]
 
 
 def test_our_checkpoint_without_its_config(digits_run, tmp_path):

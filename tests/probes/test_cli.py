@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from pretrain.encoders import build_encoder
-from pretrain.runs import read_jsonl
+from pretrain.jsonl import read_jsonl
 from probes.registry import EVALUATORS
 from transfer.cli import main
 
-SETUP_KEYS = {"checkpoint", "checkpoint_hash", "source", "encoder", "head", "num_layers",
-              "epochs", "batch_size", "pretrain_seed", "pretrain_dataset", "checkpoint_epoch"}
+SETUP_KEYS = {"checkpoint", "checkpoint_hash", "source", "encoder", "head", "head_kind",
+              "head_depth", "num_layers", "taps", "mean", "std", "image_size", "epochs",
+              "batch_size", "pretrain_seed", "pretrain_dataset", "checkpoint_epoch", "run_dir"}
 RECORD_KEYS = {"evaluator", "tap", "dataset", "splits", "metrics", "settings", "setup", "seed",
                "time", "wall_s", "device", "hardware", "code_version"}  # + "tags" when tagged
 
@@ -56,7 +57,7 @@ def test_probe_end_to_end_at_h_and_z(probe, digits_run, feature_cache, capsys):
         assert set(rec) == RECORD_KEYS
         assert rec["evaluator"] == probe and rec["dataset"] == "digits"
         assert SETUP_KEYS <= set(rec["setup"])
-        assert rec["setup"]["encoder"] == "small_cnn" and rec["setup"]["head"] == "mlp"
+        assert rec["setup"]["encoder"] == "small_cnn" and rec["setup"]["head"] == "mlp-2"
         assert rec["setup"]["checkpoint_epoch"] == 1 and rec["device"] == "cpu"
         for key in metric_keys:
             assert key in rec["metrics"], key
@@ -68,6 +69,20 @@ def test_probe_end_to_end_at_h_and_z(probe, digits_run, feature_cache, capsys):
         assert records[0]["settings"]["val"] == "holdout"
     if probe == "knn":
         assert records[0]["settings"]["k_effective"] == [5, 20, 1347]
+
+
+def test_python_api_needs_no_namespace_and_matches_the_cli(digits_run, feature_cache, capsys):
+    from probes.commands import KnnOptions, knn
+
+    got = knn(KnnOptions(run=str(digits_run), tap="h,z", k=[10], cache_dir=str(feature_cache),
+                         json=True))
+    rc, out, _ = run_cli(["knn", digits_run, "--tap", "h,z", "--k", "10", "--cache-dir",
+                          feature_cache, "--json"], capsys)
+    assert rc == 0 and got == json.loads(out)
+    assert set(got) == {f"{t}:knn/{m}@k10" for t in ("h", "z") for m in ("top1", "top5")}
+    assert KnnOptions(run="x").k == [10, 20, 100, 200]  # the CLI's defaults, declared once
+    with pytest.raises(TypeError):
+        KnnOptions(run="x", kk=[3])  # a mistyped option is an error, not ignored
 
 
 def test_table_is_printed_without_json(digits_run, feature_cache, capsys):
@@ -152,8 +167,9 @@ def test_external_state_dict_writes_records_beside_it(tmp_path, feature_cache, c
 
 
 PLUGIN = '''
+from probes.options import from_args
 from probes.registry import Evaluator
-from probes.session import ProbeSession, add_common_arguments
+from probes.session import ProbeOptions, ProbeSession, add_common_arguments
 
 
 def add_arguments(parser):
@@ -162,7 +178,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    session = ProbeSession.open(args)
+    session = ProbeSession.open(from_args(ProbeOptions, args))
     data = session.features(args.split)
     for tap in session.taps:
         norm = float(data.feats[tap].norm(dim=1).mean())

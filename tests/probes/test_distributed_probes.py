@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from subprocesses import child_env, torchrun
 
-from pretrain.runs import read_jsonl
+from pretrain.jsonl import read_jsonl
 from transfer.cli import main as transfer_main
 
-TORCHRUN = shutil.which("torchrun")
 
-
-@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed")
 def test_two_rank_knn_equals_one_process(tiny_run_dir: Path, tmp_path: Path) -> None:
     # 151 images: the two shards differ in length, so padding and trimming are exercised
     common = ["knn", str(tiny_run_dir), "--tap", "h,z", "--k", "5,10", "--limit", "151",
               "--no-cache", "--device", "cpu", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "transfer.cli", *common,
-         "--output-dir", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
+        torchrun(2, "-m", "transfer.cli", *common, "--output-dir", str(tmp_path / "two")),
+        env=child_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert transfer_main([*common, "--output-dir", str(tmp_path / "one")]) == 0

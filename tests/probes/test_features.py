@@ -11,8 +11,9 @@ import probes.features as features
 from pretrain.augment import eval_transform, resolve_recipe
 from pretrain.config import AugmentConfig, ModelConfig
 from pretrain.data import load_dataset
+from pretrain.features import extract_features
 from pretrain.model import build_model
-from probes.features import cache_path, extract_features, load_features
+from probes.features import cache_path, load_features
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from detection_helpers import FAST, bccd_root, make_voc, voc_overrides
+from subprocesses import child_env, torchrun
 
 
 @pytest.mark.slow
@@ -19,12 +18,10 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path, shared_data: Path, data_c
         "train": ["BloodImage_00001", "BloodImage_00003"],
         "test": ["BloodImage_00007", "BloodImage_00008", "BloodImage_00009"]})
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "transfer.cli", "detection", "--config", "bccd_r18_fpn", "--output-dir", str(out),
-           "random", "model.encoder=resnet18", *FAST, "train.device=cpu",
-           *voc_overrides(voc, data_cache)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    cmd = torchrun(2, "-m", "transfer.cli", "detection", "--config", "bccd_r18_fpn",
+                   "--output-dir", str(out), "random", "model.encoder=resnet18", *FAST,
+                   "train.device=cpu", *voc_overrides(voc, data_cache))
+    done = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 1  # only rank 0 writes

@@ -17,10 +17,11 @@ from pretrain.config_io import to_dict, write_yaml
 from pretrain.encoders import build_encoder
 from pretrain.errors import CheckpointError, ConfigError
 from pretrain.model import build_model
+from probes.key_layouts import infer_resnet
 from transfer.detection.backbone import prepare_resnet, stage_channels
 from transfer.detection.config import ModelConfig
 from transfer.detection.model import make_detector
-from transfer.detection.weights import infer_resnet, load_backbone_source, load_into
+from transfer.detection.weights import load_backbone_source, load_into
 
 # Tiny images and few ROIs: the C4 head runs res5 once per ROI, the cost that dominates on CPU.
 TINY = dict(min_size_train=[96], min_size_test=96, max_size=128, roi_batch_size=8,
@@ -102,7 +103,7 @@ def test_run_directory_weights_load_and_the_head_is_dropped(tmp_path: Path) -> N
     run = make_run_dir(tmp_path / "run", encoder="resnet18")
     source = load_backbone_source(str(run))
     assert source.kind == "run" and source.encoder == "resnet18"
-    assert source.setup["head"] == "mlp" and source.setup["epochs"] == 1
+    assert source.setup["head"] == "mlp-2" and source.setup["epochs"] == 1
     net = build_encoder("resnet18")
     report = load_into(net, source)
     assert report.missing == [] and len(report.loaded) == len(net.state_dict())
@@ -139,6 +140,7 @@ def test_unusable_sources_are_user_errors(tmp_path: Path) -> None:
 
 
 def test_cifar_stem_run_keeps_its_3x3_kernel_at_stride_2(tmp_path: Path) -> None:
+    # written as the first release wrote runs (no setup.json, no checkpoint format key)
     cfg = PretrainConfig()
     cfg.model.encoder, cfg.model.cifar_stem = "resnet18", True
     run = tmp_path / "cifar_run"
@@ -153,3 +155,23 @@ def test_cifar_stem_run_keeps_its_3x3_kernel_at_stride_2(tmp_path: Path) -> None
     assert isinstance(body.maxpool, nn.MaxPool2d)
     assert torch.equal(body.conv1.weight, model.encoder.conv1.weight)
     assert any("CIFAR stem" in n for n in notes) and report.missing == []
+    assert (run / "setup.json").is_file()  # rebuilt from the config on first read
+
+
+def test_a_small_image_folder_run_is_fine_tuned_with_its_cifar_statistics(tmp_path: Path) -> None:
+    """The run's own normalisation (its RunSetup), not one guessed from the dataset's name."""
+    from PIL import Image
+
+    from pretrain.augment import CIFAR
+
+    folder = tmp_path / "tiles"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(folder / c / f"{i}.png")
+    run = make_run_dir(tmp_path / "run", encoder="resnet18", dataset=f"imagefolder:{folder}")
+    source = load_backbone_source(str(run))
+    assert (source.pixel_mean, source.pixel_std) == (CIFAR.mean, CIFAR.std)
+    detector, _, _ = make_detector(ModelConfig(**TINY), source, num_classes=2)
+    assert tuple(detector.transform.image_mean) == CIFAR.mean
+    assert tuple(detector.transform.image_std) == CIFAR.std

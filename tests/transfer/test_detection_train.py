@@ -45,7 +45,7 @@ def test_finetune_from_a_run_directory_records_ap(tmp_path: Path, bccd: Path, da
     assert "dropped 1 invalid boxes" in out.err  # BloodImage_00343 is in train
     (record,) = _records(run / "results.jsonl")
     assert record["evaluator"] == "detection" and record["tap"] == "h"
-    expected = {"source": "run", "encoder": "resnet18", "head": "mlp", "num_layers": 2,
+    expected = {"source": "run", "encoder": "resnet18", "head": "mlp-2", "head_depth": 2,
                 "epochs": 1, "pretrain_seed": 0, "batch_size": 256}
     assert {k: record["setup"][k] for k in expected} == expected
     m = record["metrics"]

@@ -12,8 +12,9 @@ import torchvision
 import yaml
 from conftest import make_run_dir
 
+from pretrain.data import DatasetInfo
 from transfer.cli import main
-from transfer.export.detectron2 import from_detectron2, map_keys, to_detectron2
+from transfer.detection.detectron2_weights import from_detectron2, map_keys, to_detectron2
 
 NORM = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
 
@@ -92,7 +93,8 @@ def test_unknown_keys_are_reported_not_dropped() -> None:
 
 def test_export_detectron2_from_a_run(tmp_path: Path) -> None:
     # pretrained on photos: ImageNet normalisation, i.e. torchvision's, written in 0-255 units
-    run = make_run_dir(tmp_path / "run", encoder="resnet18", dataset="imagefolder:/data/cells")
+    run = make_run_dir(tmp_path / "run", encoder="resnet18", dataset="imagefolder:/data/cells",
+                       info=DatasetInfo(preset="imagenet", image_size=224))
     assert main(["export", "--format", "detectron2", "--config", "bccd_r18_fpn", str(run)]) == 0
     out = run / "export" / "detectron2"
     with open(out / "resnet18_d2.pkl", "rb") as f:

@@ -1,5 +1,6 @@
-"""Figures are valid PNGs (or cleanly skipped), resumed logs keep the last line per epoch, and the
-HTML report's links all resolve inside the report folder."""
+"""Figures are valid PNGs (or cleanly skipped) and place heads where their records say, resumed
+logs keep the last line per epoch, runs are named from setup.json, and the HTML report's links
+all resolve inside the report folder."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from matplotlib.figure import Figure
 
-import transfer.tools  # noqa: F401,I001  (registers table/plot/report until transfer.commands does)
 from pretrain.config import PretrainConfig
 from pretrain.config_io import to_dict, write_yaml
+from pretrain.heads import HeadShape, describe_head
+from pretrain.run import CONFIG_FILE, METRICS_FILE, SETUP_FILE, RunSetup, write_setup
 from transfer.cli import main
 from transfer.plots import (
-    epoch_series,
-    find_runs,
     plot_depth,
     plot_knn_k,
     plot_pretraining,
@@ -24,15 +25,38 @@ from transfer.plots import (
     plot_taps,
     write_figures,
 )
+from transfer.records import epoch_series, find_runs, load_records, run_labels
 from transfer.report import write_report
-from transfer.tables import load_records
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADS = [("none", 2), ("linear", 2), ("mlp", 2), ("mlp", 3)]
 
 
-def taps_of(head: str, layers: int) -> list[str]:
-    return ["h", "z"] if head != "mlp" else ["h"] + [f"head.{i}" for i in range(layers - 1)] + ["z"]
+def run_setup(kind: str, layers: int, seed: int, **changes: Any) -> RunSetup:
+    """The setup.json of a small_cnn digits run with a ``kind`` head of ``layers`` layers;
+    ``changes`` replace fields."""
+    identity = describe_head(kind, HeadShape(num_layers=layers))
+    taps = ["h"] + [f"head.{i}" for i in range(identity.depth - 1 if kind == "mlp" else 0)] + ["z"]
+    fields: dict[str, Any] = dict(
+        encoder="small_cnn", cifar_stem=False, head=identity.label, head_kind=identity.kind,
+        head_depth=identity.depth, num_layers=layers, hidden_dim=64, out_dim=32, bn=True,
+        taps=tuple(taps), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), image_size=8,
+        pretrain_dataset="digits", epochs=4, batch_size=64, seed=seed, temperature=0.5,
+        optimizer="lars")
+    return RunSetup(**{**fields, **changes})
+
+
+def make_run(run: Path, setup: RunSetup, config_head: str = "") -> Path:
+    """A run directory: config.yaml (model.head = ``config_head`` or the setup's kind),
+    setup.json and an interrupted-then-resumed metrics.jsonl."""
+    run.mkdir(parents=True)
+    cfg = PretrainConfig()
+    cfg.model.head, cfg.model.num_layers = config_head or setup.head_kind, setup.num_layers
+    cfg.train.seed = setup.seed
+    write_yaml(to_dict(cfg), run / CONFIG_FILE)
+    write_setup(setup, run / SETUP_FILE)
+    (run / METRICS_FILE).write_text("".join(json.dumps(x) + "\n" for x in metrics_lines(4, setup.seed)))
+    return run
 
 
 def metrics_lines(epochs: int, seed: int) -> list[dict[str, Any]]:
@@ -46,21 +70,17 @@ def metrics_lines(epochs: int, seed: int) -> list[dict[str, Any]]:
 
 
 def make_store(root: Path, seeds: int = 2) -> Path:
-    """runs/<head><L>_s<seed>/ with config.yaml, metrics.jsonl and knn/linear/quality records."""
+    """runs/<head><L>_s<seed>/ with config.yaml, setup.json, metrics.jsonl and knn/linear/quality
+    records whose setup block is the run's (as probes.records.setup_block writes it)."""
     for head, layers in HEADS:
         for seed in range(seeds):
-            run = root / "runs" / f"{head}{layers}_s{seed}"
-            run.mkdir(parents=True)
-            cfg = PretrainConfig()
-            cfg.model.head, cfg.model.num_layers, cfg.train.seed = head, layers, seed
-            write_yaml(to_dict(cfg), run / "config.yaml")
-            (run / "metrics.jsonl").write_text(
-                "".join(json.dumps(x) + "\n" for x in metrics_lines(4, seed)))
-            depth = {"none": 0, "linear": 1}.get(head, layers)
-            setup = {"run_dir": str(run), "encoder": "small_cnn", "head": head, "num_layers": layers,
-                     "epochs": 4, "batch_size": 64, "pretrain_dataset": "digits", "seed": seed}
+            run_set = run_setup(head, layers, seed)
+            run = make_run(root / "runs" / f"{head}{layers}_s{seed}", run_set)
+            depth = run_set.head_depth
+            setup = {"run_dir": str(run.resolve()), "checkpoint": str(run / "checkpoint.pt"),
+                     "source": "run", "checkpoint_epoch": 4, **run_set.record_fields()}
             recs = []
-            for i, tap in enumerate(taps_of(head, layers)):
+            for i, tap in enumerate(run_set.taps):
                 base = 80.0 + 2 * depth - 3 * i + seed
                 recs.append({"evaluator": "knn", "tap": tap, "metrics": {
                     f"knn/top1@k{k}": base + j for j, k in enumerate((10, 20, 200))}})
@@ -104,6 +124,66 @@ def test_each_figure_is_a_png(store: Path, tmp_path: Path) -> None:
     runs = find_runs([store])
     assert len(runs) == 8
     assert_png(plot_pretraining([("mlp-2", metrics_lines(4, s)) for s in range(3)], out / "pre.png"))
+
+
+def drawn_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """The figures saved from now on (``Figure.savefig`` still writes each file)."""
+    saved: list[Figure] = []
+    real = Figure.savefig
+
+    def spy(fig: Figure, *args: Any, **kwargs: Any) -> None:
+        saved.append(fig)
+        real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return saved
+
+
+def test_depth_plot_places_heads_at_their_recorded_depth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """x = the records' head_depth, tick = the label(s) found there; no depth, no point."""
+    heads = {"none": 0, "linear": 1, "mlp-2": 2, "toy2": 2, "toy": 5, "random": None}
+    lines = []
+    for label, depth in heads.items():
+        setup = {"head": label, "head_kind": "toy", "head_depth": depth, "pretrain_seed": 0}
+        for tap in ("h", "z"):
+            value = 10.0 * (depth or 0) + (tap == "z")
+            lines.append({"evaluator": "knn", "tap": tap, "dataset": "digits", "seed": 0,
+                          "setup": setup, "metrics": {"knn/top1@k200": value}})
+    store = tmp_path / "results.jsonl"
+    store.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    saved = drawn_figures(monkeypatch)
+    assert_png(plot_depth(load_records([store]), tmp_path / "depth.png", "knn/top1@k200"))
+    (ax,) = saved[0].axes
+    assert list(ax.get_xticks()) == [0, 1, 2, 5]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "linear", "mlp-2/toy2", "toy"]
+    curves = {c.get_label(): c.lines[0] for c in ax.containers}  # one errorbar per tap
+    assert set(curves) == {"tap h", "tap z"}
+    for tap, curve in curves.items():
+        assert list(curve.get_xdata()) == [0, 1, 2, 2, 5]  # "random" has no depth: left out
+        assert list(curve.get_ydata()) == [v + (tap == "tap z") for v in (0.0, 10.0, 20.0, 20.0, 50.0)]
+
+
+def test_run_labels_come_from_setup_json(tmp_path: Path) -> None:
+    # config.yaml says mlp: the label must still be the one setup.json records
+    toy = make_run(tmp_path / "toy_run", run_setup("mlp", 2, 0, head="toy", head_depth=7), "mlp")
+    mlp3 = make_run(tmp_path / "mlp3_run", run_setup("mlp", 3, 0))
+    none = make_run(tmp_path / "none_run", run_setup("none", 2, 0))
+    bare = make_run(tmp_path / "old_run", run_setup("linear", 2, 0))
+    (bare / SETUP_FILE).unlink()
+    labels, skipped = run_labels([toy, bare, mlp3, none])
+    assert list(labels.items()) == [(none, "none"), (mlp3, "mlp-3"), (toy, "toy")]  # by depth
+    (line,) = skipped
+    assert str(bare) in line and "setup" in line
+    # setups that differ beyond the head are told apart by a prefix
+    other = make_run(tmp_path / "cifar_run", run_setup("mlp", 3, 0, pretrain_dataset="cifar10"))
+    labels, _ = run_labels([mlp3, other])
+    assert labels == {other: "cifar10 mlp-3", mlp3: "digits mlp-3"}
+    # the pretraining figure leaves the run without setup.json out, and says so
+    written, skipped = write_figures([], [toy, bare], tmp_path / "fig")
+    assert [p.name for _, p in written] == ["pretraining.png"]
+    assert len(skipped) == 1 and str(bare) in skipped[0]
 
 
 def test_figures_without_data_are_skipped(store: Path, tmp_path: Path) -> None:
@@ -150,7 +230,8 @@ def test_report_links_resolve(store: Path, tmp_path: Path) -> None:
     copied = (out / "configs" / "mlp3_s1.yaml").read_text()
     assert copied == (store / "mlp3_s1" / "config.yaml").read_text()
     page = index.read_text()
-    assert "<b>" in page and "mlp-3" in page and "not tabulated" not in page
+    assert "<b>" in page and "not tabulated" not in page
+    assert "<tr><td>mlp3_s1</td><td>mlp-3</td>" in page  # runs named from their setup.json
     assert (out / "tables").is_dir() and list((out / "tables").glob("*.tex"))
 
 

@@ -13,14 +13,18 @@ from transfer.suite import evaluator_argv, load_suite, run_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "suites" / "quickstart.yaml"
-SMALL = [  # the quickstart suite, shrunk: 2 variants, 1 short epoch, two cheap evaluators
-    "variants={none: [model.head=none], mlp-2: [model.head=mlp, model.num_layers=2]}",
-    "overrides=[train.epochs=1, data.limit=128, train.batch_size=32, train.progress=false, "
-    "model.hidden_dim=32, model.out_dim=16]",
-    "evaluators=['knn --tap all --k 5,10 --limit 200', 'linear --tap h,z --limit 200 "
-    "--wd-grid 1e-4:1e2:5']",
-    "tables=[{rows: head, cols: tap, metric: knn/top1@k10}]",
-]
+def small(tmp_path: Path) -> list[str]:
+    """The quickstart suite, shrunk: 2 variants, 1 short epoch, two cheap evaluators; every
+    run, record and feature cache under ``tmp_path``."""
+    return [
+        "variants={none: [model.head=none], mlp-2: [model.head=mlp, model.num_layers=2]}",
+        "overrides=[train.epochs=1, data.limit=128, train.batch_size=32, train.progress=false, "
+        f"model.hidden_dim=32, model.out_dim=16, data.cache_dir={tmp_path / 'cache'}]",
+        "evaluators=['knn --tap all --k 5,10 --limit 200', 'linear --tap h,z --limit 200 "
+        "--wd-grid 1e-4:1e2:5']",
+        "tables=[{rows: head, cols: tap, metric: knn/top1@k10}]",
+        f"output_dir={tmp_path}",
+    ]
 
 
 class Stop(Exception):
@@ -30,7 +34,7 @@ class Stop(Exception):
 def test_a_stopped_suite_runs_only_the_missing_cells(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    suite = load_suite(QUICKSTART, [*SMALL, f"output_dir={tmp_path}"])
+    suite = load_suite(QUICKSTART, small(tmp_path))
     real = suite_module.run_evaluator_line
     calls = {"n": 0}
 
@@ -56,7 +60,7 @@ def test_a_stopped_suite_runs_only_the_missing_cells(
     assert third.pretrained == [] and third.evaluated == [] and len(third.skipped) == 6
 
     capsys.readouterr()
-    code = transfer_main(["suite", str(QUICKSTART), *SMALL, f"output_dir={tmp_path}"])
+    code = transfer_main(["suite", str(QUICKSTART), *small(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and "0 evaluations, 6 cells already done" in out
     table = out[out.index("| head"):]
@@ -74,6 +78,10 @@ def test_dry_run_and_bad_suites(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == 2 and "unknown config key seed; valid keys: name" in err
     with pytest.raises(ConfigError, match="at least one entry under variants"):
         load_suite(QUICKSTART, ["variants={}"])
+    typo = load_suite(QUICKSTART, [*small(tmp_path), "evaluators=['knn --tap h', 'knnn --tap h']"])
+    with pytest.raises(ConfigError, match="unknown evaluator 'knnn'; valid: detection, export"):
+        run_suite(typo, progress=False)
+    assert not list(tmp_path.rglob("checkpoint.pt"))  # refused before any pretraining
 
 
 def test_evaluator_argv_places_the_run_and_tags() -> None:
@@ -86,7 +94,8 @@ def test_evaluator_argv_places_the_run_and_tags() -> None:
 
 @pytest.mark.slow
 def test_quickstart_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = transfer_main(["suite", str(QUICKSTART), f"output_dir={tmp_path}"])
+    code = transfer_main(["suite", str(QUICKSTART), f"output_dir={tmp_path}",
+                          f"overrides=[data.cache_dir={tmp_path / 'cache'}]"])
     out = capsys.readouterr().out
     assert code == 0
     for label in ("none", "linear", "mlp-2", "head.0"):

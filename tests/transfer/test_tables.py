@@ -1,4 +1,4 @@
-"""Tables from a hand-made results store: aggregation, bold, rendering, filters, pivots, CLI."""
+"""Tables from a hand-made results store: flattening, aggregation, bold, formats, filters, CLI."""
 
 from __future__ import annotations
 
@@ -6,47 +6,64 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
-import transfer.tools  # noqa: F401,I001  (registers table/plot/report until transfer.commands does)
 from pretrain.errors import UserError
+from pretrain.heads import HeadShape, describe_head
+from pretrain.run import RunSetup
+from probes.records import make_record, random_init_setup, setup_block
 from transfer.cli import main
-from transfer.report import latex_escape, render_csv, render_latex, render_markdown
-from transfer.stats import compare_paired, mean_std, paired_bootstrap
-from transfer.tables import (
-    Filter,
-    build_table,
-    compare_rows,
-    flatten_record,
-    head_depth,
-    load_records,
+from transfer.records import Filter, flatten_record, load_records
+from transfer.report import write_report
+from transfer.stats import Comparison, compare_paired, mean_std, paired_bootstrap
+from transfer.table_formats import (
+    TABLE_FORMATS,
+    latex_escape,
+    register_format,
+    render,
+    render_csv,
+    render_latex,
+    render_markdown,
 )
+from transfer.tables import Table, TableRequest, build_table, compare_rows, make_table
 
-HEADS = {"none": ("none", 2), "linear": ("linear", 2), "mlp-2": ("mlp", 2)}
 # (head label) -> per-seed values of knn/top1@k200 and knn/top1@k20 at tap h
 K200 = {"none": [80.0, 82.0, 84.0], "linear": [85.0, 86.0, 87.0], "mlp-2": [88.0, 90.0, 92.0]}
 K20 = {"none": [70.0, 70.0, 70.0], "linear": [60.0, 61.0, 62.0], "mlp-2": [65.0, 65.0, 65.0]}
 
 
-def record(head: str, seed: int, metrics: dict[str, float], tap: str = "h",
-           evaluator: str = "knn", dataset: str = "cifar10", eval_seed: int = 0,
+def run_setup(head: str, seed: int) -> RunSetup:
+    """The RunSetup of a ResNet-18 CIFAR-10 run whose head is labelled ``head`` (``mlp-3``)."""
+    kind, layers = (head, 2) if head in ("none", "linear") else ("mlp", int(head[4:]))
+    identity = describe_head(kind, HeadShape(num_layers=layers))
+    taps = ("h", *[f"head.{i}" for i in range(identity.depth - 1)], "z") if kind == "mlp" else ("h", "z")
+    return RunSetup(encoder="resnet18", cifar_stem=True, head=identity.label, head_kind=identity.kind,
+                    head_depth=identity.depth, num_layers=layers, hidden_dim=512, out_dim=128, bn=True,
+                    taps=taps, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), image_size=32,
+                    pretrain_dataset="cifar10", epochs=100, batch_size=256, seed=seed,
+                    temperature=0.5, optimizer="lars")
+
+
+def record(head: str, seed: int, metrics: dict[str, Any], tap: str = "h", evaluator: str = "knn",
+           dataset: str = "cifar10", eval_seed: int = 0, setup: dict[str, Any] | None = None,
            **extra: Any) -> dict[str, Any]:
-    """A probe record in the shape of ``probes.records.make_record``; ``seed`` = pretraining seed."""
-    kind, layers = HEADS.get(head, ("mlp", int(head[4:]) if head.startswith("mlp-") else 2))
-    run = f"/runs/{kind}{layers}_s{seed}"
+    """A probe record in the shape of ``probes.records.make_record`` for a run directory;
+    ``seed`` is the pretraining seed, ``setup`` overrides keys of the setup block."""
+    run = f"/runs/{head}_s{seed}"
     rec = {
         "evaluator": evaluator, "tap": tap, "dataset": dataset,
         "splits": {"train": 50000, "test": 10000}, "metrics": metrics,
         "settings": {"k": [20, 200], "temperature": 0.07} if evaluator == "knn" else {"epochs": 90},
-        "setup": {"checkpoint": f"{run}/checkpoint.pt", "checkpoint_hash": f"{kind}{layers}{seed}",
-                  "source": "run", "encoder": "resnet18", "cifar_stem": True,
-                  "checkpoint_epoch": 100, "head": kind, "num_layers": layers if kind == "mlp" else 0,
-                  "epochs": 100, "batch_size": 256, "pretrain_seed": seed,
-                  "pretrain_dataset": "cifar10", "run_dir": run},
+        "setup": {"checkpoint": f"{run}/checkpoint.pt", "checkpoint_hash": f"{head}{seed}",
+                  "source": "run", "checkpoint_epoch": 100, "run_dir": run,
+                  **run_setup(head, seed).record_fields(), **(setup or {})},
         "seed": eval_seed, "time": f"2024-01-01T00:00:{seed:02d}+00:00", "wall_s": 10.0,
         "device": "cpu", "hardware": "test CPU", "code_version": "0.1.0",
     }
@@ -72,42 +89,57 @@ def store(tmp_path: Path) -> Path:
     return write_store(tmp_path / "results.jsonl", knn_store())
 
 
+# ---- flattening the record format ---------------------------------------------------------------
+
 def test_flatten_record_fields() -> None:
     flat = flatten_record(record("mlp-3", 1, {"knn/top1@k200": 1.0, "knn/note": "x"}, eval_seed=7))
-    assert flat.fields["head"] == "mlp-3" and flat.fields["head_kind"] == "mlp"
-    assert flat.fields["seed"] == 7 and flat.fields["pretrain_seed"] == 1
-    assert flat.fields["settings.k"] == "20,200" and flat.fields["splits.test"] == 10000
+    f = flat.fields
+    assert (f["head"], f["head_kind"], f["head_depth"]) == ("mlp-3", "mlp", 3)
+    assert f["taps"] == "h,head.0,head.1,z" and f["mean"] == "0.49,0.48,0.45"
+    assert f["seed"] == 7 and f["pretrain_seed"] == 1 and f["run_dir"] == "/runs/mlp-3_s1"
+    assert f["settings.k"] == "20,200" and f["splits.test"] == 10000
     assert flat.seed_key == (1, 7) and flat.metrics == {"knn/top1@k200": 1.0}
-    assert flatten_record(record("linear", 0, {})).fields["head"] == "linear"
-    assert [head_depth(h) for h in ("none", "linear", "mlp-2", "mlp-3", "random")] == [0, 1, 2, 3, None]
+    # a setup key that clashes with a top-level one is kept apart, not overwritten
+    clash = flatten_record(record("none", 0, {"a": 1.0}, setup={"dataset": "imagenet"}))
+    assert clash.fields["dataset"] == "cifar10" and clash.fields["setup.dataset"] == "imagenet"
 
 
-def test_flatten_detection_and_external_records() -> None:
-    # transfer/detection writes the pretraining seed as setup.seed beside the record's own seed
+def test_flatten_takes_head_labels_verbatim() -> None:
+    """No label is derived: random-init and external-file records keep what the writer wrote."""
     det = {"evaluator": "detection", "tap": "h", "dataset": "voc", "metrics": {"det/AP50": 60.0},
            "settings": {"preset": "voc", "train": {"final_loss": 0.3}},
-           "setup": {"encoder": "resnet18", "head": "mlp", "num_layers": 2, "seed": 4, "init": "run"},
-           "seed": 1}
+           "setup": random_init_setup("resnet18"), "seed": 1}
     flat = flatten_record(det)
-    assert flat.seed_key == (4, 1) and flat.fields["head"] == "mlp-2"
-    assert flat.fields["settings.train.final_loss"] == 0.3
-    scratch = flatten_record({**det, "setup": {"encoder": "resnet18", "init": "random"}})
-    assert scratch.fields["head"] == "random" and scratch.seed_key == (None, 1)
+    assert flat.fields["head"] == "random" and "head_depth" not in flat.fields
+    assert flat.seed_key == (None, 1) and flat.fields["settings.train.final_loss"] == 0.3
+    external = {**det, "setup": {"encoder": "resnet18", "init": "supervised_r18",
+                                 "head": "supervised_r18", "head_kind": None, "head_depth": None}}
+    fields = flatten_record(external).fields
+    assert fields["head"] == "supervised_r18" and "head_kind" not in fields
+    # a made-up head kind is shown as its recorded label, with its recorded depth
+    toy = flatten_record(record("mlp-2", 0, {"a": 1.0},
+                                setup={"head": "toy", "head_kind": "toy", "head_depth": 5}))
+    assert (toy.fields["head"], toy.fields["head_kind"], toy.fields["head_depth"]) == ("toy", "toy", 5)
 
 
 def test_flatten_reads_the_probes_record_format() -> None:
-    """Guards against drift between probes.records.make_record and flatten_record."""
-    make_record = pytest.importorskip("probes.records").make_record
-    setup = record("mlp-2", 3, {})["setup"]
+    """Guards against drift between probes.records (setup_block, make_record) and flatten_record."""
+    setup = run_setup("mlp-2", 3)
+    run = SimpleNamespace(dir=Path("/runs/r"), setup=setup)  # a loaded run, as setup_block reads it
+    loaded = SimpleNamespace(checkpoint=Path("/runs/r/checkpoint.pt"), checkpoint_hash="abc",
+                             source="run", epoch=100, run=run)
     rec = json.loads(json.dumps(make_record("knn", "head.0", "cifar10", {"knn/top1@k20": 50.0},
-                                            {"k": [20]}, setup, {"train": 10, "test": 5}, 0,
-                                            1.0, "cpu")))
+                                            {"k": [20]}, setup_block(loaded),
+                                            {"train": 10, "test": 5}, 0, 1.0, "cpu")))
     flat = flatten_record(rec)
     assert flat.metrics == {"knn/top1@k20": 50.0}
-    got = (flat.fields["evaluator"], flat.fields["tap"], flat.fields["head"])
-    assert got == ("knn", "head.0", "mlp-2")
+    got = tuple(flat.fields[k] for k in ("evaluator", "tap", "head", "head_kind", "head_depth"))
+    assert got == ("knn", "head.0", "mlp-2", "mlp", 2)
     assert flat.seed_key == (3, 0) and flat.fields["dataset"] == "cifar10"
+    assert flat.fields["run_dir"] == str(Path("/runs/r").resolve())
 
+
+# ---- tables -------------------------------------------------------------------------------------
 
 def test_means_stds_n_and_bold(store: Path) -> None:
     table = build_table(load_records([store]), rows=["head"], cols=["metric"])
@@ -149,47 +181,6 @@ def test_ties_are_all_bold_unless_the_whole_column_ties(tmp_path: Path) -> None:
     table = build_table(load_records([write_store(tmp_path / "r.jsonl", recs)]))
     assert [table.cell(r, ("a/top1",)).best for r in table.rows] == [False, True, True]
     assert not any(table.cell(r, ("b/top1",)).best for r in table.rows)
-
-
-def test_markdown_shows_mean_std_n_and_bold(store: Path) -> None:
-    md = render_markdown(build_table(load_records([store])))
-    assert "| mlp-2 | **90.00 ± 2.00** (n=3) | 65.00 ± 0.00 (n=3) |" in md
-    assert "| none | 82.00 ± 2.00 (n=3) | **70.00 ± 0.00** (n=3) |" in md
-
-
-def test_single_seed_cell_has_no_std(tmp_path: Path) -> None:
-    recs = [record("none", 0, {"knn/top1@k200": 80.0}), record("linear", 0, {"knn/top1@k200": 85.0}),
-            record("linear", 1, {"knn/top1@k200": 87.0})]
-    table = build_table(load_records([write_store(tmp_path / "r.jsonl", recs)]))
-    mean, std, n = table.cell(("none",), ("knn/top1@k200",)).stats
-    assert (mean, n) == (80.0, 1) and math.isnan(std)
-    md = render_markdown(table)
-    assert "| none | 80.00 (n=1) |" in md and "| linear | **86.00 ± 1.41** (n=2) |" in md
-    rows = list(csv.DictReader(io.StringIO(render_csv(table))))
-    assert rows[0]["std"] == "" and rows[1]["std"] != ""
-
-
-def test_latex_escapes_names_and_uses_booktabs(tmp_path: Path) -> None:
-    assert latex_escape("mlp_2 & 50% #1 $x {y} ~^\\") == (
-        r"mlp\_2 \& 50\% \#1 \$x \{y\} \textasciitilde{}\textasciicircum{}\textbackslash{}")
-    recs = [record("mlp-2", s, {"knn/top1@k200": 50.0 + s}, dataset="cifar_10 & 50%") for s in range(2)]
-    recs += [record("mlp-2", s, {"knn/top1@k200": 40.0 + s}, dataset="stl_10") for s in range(2)]
-    tex = render_latex(build_table(load_records([write_store(tmp_path / "r.jsonl", recs)]),
-                                   rows=["dataset"], cols=["head"]))
-    assert r"cifar\_10 \& 50\% &" in tex and r"stl\_10 &" in tex
-    assert all(s in tex for s in (r"\toprule", r"\midrule", r"\bottomrule", r"\caption{"))
-    assert r"\textbf{50.50 $\pm$ 0.71} {\scriptsize (n=2)}" in tex
-    assert "cifar_10" not in tex and "±" not in tex  # nothing unescaped, the caption included
-
-
-def test_csv_parses_back(store: Path) -> None:
-    table = build_table(load_records([store]))
-    rows = list(csv.DictReader(io.StringIO(render_csv(table))))
-    assert len(rows) == 6 and set(rows[0]) == {"head", "metric", "mean", "std", "n", "best"}
-    got = {(r["head"], r["metric"]): r for r in rows}
-    r = got[("mlp-2", "knn/top1@k200")]
-    assert float(r["mean"]) == pytest.approx(90.0) and float(r["std"]) == pytest.approx(2.0)
-    assert int(r["n"]) == 3 and r["best"] == "1" and got[("linear", "knn/top1@k200")]["best"] == "0"
 
 
 def test_filters_and_pivot_by_tap(tmp_path: Path) -> None:
@@ -264,6 +255,139 @@ def test_records_found_recursively_and_deduplicated(tmp_path: Path) -> None:
     assert len(both) == 9
 
 
+def test_head_rows_follow_the_recorded_depth_not_the_label(tmp_path: Path) -> None:
+    # label -> head_depth as the writer recorded it; "mlp-7" at depth 1 shows that no label is parsed
+    depths = {"toy": 5, "none": 0, "a-deep": 9, "mlp-3": 3, "mlp-7": 1, "supervised_r18": None,
+              "random": None}
+
+    def table_rows(depth_of: dict[str, int | None], name: str) -> list[str]:
+        recs = [record("mlp-2", s, {"knn/top1@k200": 50.0 + s}, setup={
+            "head": label, "head_kind": None if d is None else "toy", "head_depth": d,
+            "run_dir": f"/runs/{label}_s{s}", "checkpoint_hash": f"{label}{s}"})
+            for label, d in depth_of.items() for s in range(2)]
+        records = load_records([write_store(tmp_path / name, recs)])
+        rows = [r[0] for r in build_table(records, rows=["head"], cols=["metric"]).rows]
+        cols = build_table(records, rows=["metric"], cols=["head"]).cols
+        assert [c[0] for c in cols] == rows  # one order on either axis
+        return rows
+
+    # by depth; labels without a depth after them, alphabetically
+    assert table_rows(depths, "a.jsonl") == ["none", "mlp-7", "mlp-3", "toy", "a-deep", "random",
+                                             "supervised_r18"]
+    flipped = {"toy": 0, "none": 5}
+    assert table_rows(flipped, "b.jsonl") == ["toy", "none"]
+
+
+def test_make_table_builds_the_request_and_its_comparisons(store: Path) -> None:
+    records = load_records([store])
+    request = TableRequest(rows=["head"], cols=["metric"], metrics=["knn/top1@k200"],
+                           filters=[Filter.parse("head!=none")], compare=[("mlp-2", "linear")],
+                           bootstrap=500, bootstrap_seed=1)
+    table, comparisons = make_table(records, request)
+    assert [r[0] for r in table.rows] == ["linear", "mlp-2"] and len(table.cols) == 1
+    (c,) = comparisons
+    assert (c.a, c.b, c.column, c.resamples) == ("mlp-2", "linear", "knn/top1@k200", 500)
+    assert c.diff == pytest.approx(4.0) and c.excludes_zero
+    assert comparisons == compare_rows(table, "mlp-2", "linear", 500, 1)  # same bootstrap seed
+    with pytest.raises(UserError, match="no row 'mlp-9'"):
+        make_table(records, TableRequest(compare=[("mlp-9", "none")]))
+
+
+# ---- table formats ------------------------------------------------------------------------------
+
+def render_toy(table: Table, comparisons: Sequence[Comparison] = (), digits: int = 2) -> str:
+    return "".join(f"TOY {Table.label(r)}\n" for r in table.rows)
+
+
+@contextmanager
+def toy_format() -> Iterator[None]:
+    """Table format ``toy`` (``.toy`` files, caption not carried) registered for the ``with``
+    body only: it goes into a copy of the registry's entries, dropped on exit."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TABLE_FORMATS, "_entries", dict(TABLE_FORMATS._entries))
+        register_format("toy", "toy", carries_caption=False, description="row labels")(render_toy)
+        yield
+
+
+def test_built_in_formats_and_unknown_names(store: Path) -> None:
+    exts = {name: TABLE_FORMATS.get(name).extension for name in TABLE_FORMATS}
+    assert exts == {"csv": "csv", "html": "html", "latex": "tex", "md": "md"}
+    assert [n for n in TABLE_FORMATS if not TABLE_FORMATS.get(n).carries_caption] == ["csv"]
+    table = build_table(load_records([store]))
+    assert render(table, "md") == render_markdown(table)
+    assert "<td class=\"num\"><b>90.00 ± 2.00</b> <small>(n=3)</small></td>" in render(table, "html")
+    with pytest.raises(UserError, match=r"unknown table format 'docx'; valid: csv, html, latex, md"):
+        render(table, "docx")
+    with toy_format(), pytest.raises(KeyError, match="already writes .md files"):
+        register_format("markdown2", "md")(render_toy)
+
+
+def test_a_registered_format_reaches_the_table_tool_and_the_report(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["table", str(store), "--metric", "knn/top1@k200", "--format", "toy"]
+    with pytest.raises(SystemExit):  # argparse refuses a format nobody registered
+        main(args)
+    assert "invalid choice: 'toy'" in capsys.readouterr().err
+    with toy_format():
+        out = tmp_path / "t.toy"
+        assert main([*args, "-o", str(out), "--compare", "mlp-2,linear"]) == 0
+        assert out.read_text() == "TOY none\nTOY linear\nTOY mlp-2\n"
+        err = capsys.readouterr().err  # a format without the caption gets it on stderr
+        assert "Results by head / metric. Mean ± sample std" in err and "mlp-2 − linear" in err
+        index = write_report([store], tmp_path / "rep", load_records([store]))
+        toys = sorted((tmp_path / "rep" / "tables").glob("*.toy"))
+        assert toys and all(t.read_text().startswith("TOY ") for t in toys)
+        page = index.read_text()
+        assert all(f'href="tables/{t.name}"' in page for t in toys)
+        for ext in ("md", "tex", "csv", "html"):  # and every built-in format beside it
+            assert len(list((tmp_path / "rep" / "tables").glob(f"*.{ext}"))) == len(toys)
+    assert "toy" not in TABLE_FORMATS
+    with pytest.raises(SystemExit):
+        main(args)
+
+
+def test_markdown_shows_mean_std_n_and_bold(store: Path) -> None:
+    md = render_markdown(build_table(load_records([store])))
+    assert "| mlp-2 | **90.00 ± 2.00** (n=3) | 65.00 ± 0.00 (n=3) |" in md
+    assert "| none | 82.00 ± 2.00 (n=3) | **70.00 ± 0.00** (n=3) |" in md
+
+
+def test_single_seed_cell_has_no_std(tmp_path: Path) -> None:
+    recs = [record("none", 0, {"knn/top1@k200": 80.0}), record("linear", 0, {"knn/top1@k200": 85.0}),
+            record("linear", 1, {"knn/top1@k200": 87.0})]
+    table = build_table(load_records([write_store(tmp_path / "r.jsonl", recs)]))
+    mean, std, n = table.cell(("none",), ("knn/top1@k200",)).stats
+    assert (mean, n) == (80.0, 1) and math.isnan(std)
+    md = render_markdown(table)
+    assert "| none | 80.00 (n=1) |" in md and "| linear | **86.00 ± 1.41** (n=2) |" in md
+    rows = list(csv.DictReader(io.StringIO(render_csv(table))))
+    assert rows[0]["std"] == "" and rows[1]["std"] != ""
+
+
+def test_latex_escapes_names_and_uses_booktabs(tmp_path: Path) -> None:
+    assert latex_escape("mlp_2 & 50% #1 $x {y} ~^\\") == (
+        r"mlp\_2 \& 50\% \#1 \$x \{y\} \textasciitilde{}\textasciicircum{}\textbackslash{}")
+    recs = [record("mlp-2", s, {"knn/top1@k200": 50.0 + s}, dataset="cifar_10 & 50%") for s in range(2)]
+    recs += [record("mlp-2", s, {"knn/top1@k200": 40.0 + s}, dataset="stl_10") for s in range(2)]
+    tex = render_latex(build_table(load_records([write_store(tmp_path / "r.jsonl", recs)]),
+                                   rows=["dataset"], cols=["head"]))
+    assert r"cifar\_10 \& 50\% &" in tex and r"stl\_10 &" in tex
+    assert all(s in tex for s in (r"\toprule", r"\midrule", r"\bottomrule", r"\caption{"))
+    assert r"\textbf{50.50 $\pm$ 0.71} {\scriptsize (n=2)}" in tex
+    assert "cifar_10" not in tex and "±" not in tex  # nothing unescaped, the caption included
+
+
+def test_csv_parses_back(store: Path) -> None:
+    table = build_table(load_records([store]))
+    rows = list(csv.DictReader(io.StringIO(render_csv(table))))
+    assert len(rows) == 6 and set(rows[0]) == {"head", "metric", "mean", "std", "n", "best"}
+    got = {(r["head"], r["metric"]): r for r in rows}
+    r = got[("mlp-2", "knn/top1@k200")]
+    assert float(r["mean"]) == pytest.approx(90.0) and float(r["std"]) == pytest.approx(2.0)
+    assert int(r["n"]) == 3 and r["best"] == "1" and got[("linear", "knn/top1@k200")]["best"] == "0"
+
+
 # ---- paired bootstrap --------------------------------------------------------------------------
 
 def test_bootstrap_identical_rows_give_zero() -> None:
@@ -330,6 +454,7 @@ def test_cli_table_latex_and_csv_to_file(store: Path, tmp_path: Path,
                  "knn/top1@k200", "--format", "csv", "-o", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert {r["head"]: float(r["mean"]) for r in rows} == {"none": 82.0, "linear": 86.0, "mlp-2": 90.0}
+    assert "knn/top1@k200 by head / tap." in capsys.readouterr().err  # CSV: caption on stderr
 
 
 def test_cli_bad_field_exits_2_with_one_line(store: Path, capsys: pytest.CaptureFixture[str]) -> None:

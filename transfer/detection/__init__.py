@@ -9,14 +9,16 @@ Modules, one concept each:
 * ``config``        the ``DetectionConfig`` dataclasses (data, model, train, eval)
 * ``structures``    image records, invalid-box sanitising, the torch Dataset and collate
 * ``voc``, ``coco`` annotation readers; ``datasets`` resolves archives/folders and class lists
-* ``weights``       backbone initialisation sources (run dir, torchvision/timm file, random)
+* ``weights``       backbone initialisation sources (run dir, any weights file through
+                    ``probes.checkpoints.load_any``, random) and their normalisation
 * ``backbone``      norm conversion (frozen BN / BN / SyncBN / GN), freezing, FPN and C4 bodies
 * ``model``         ``build_detector``: Faster R-CNN FPN or C4
 * ``schedule``      warm-up + step learning-rate schedule and the deterministic batch order
 * ``train``         the iteration-based loop with atomic checkpoints and exact resume
 * ``distributed``   torchrun/DDP helpers, no-ops in a single process
 * ``voc_eval``, ``coco_eval``, ``evaluate``   metrics and inference
-* ``command``       the ``simclr-transfer detection`` wrapper (config, seeds, records through
-                    ``probes.records.make_record``)
+* ``record``        the result record (settings; ``probes.records.make_record``)
+* ``command``       the ``simclr-transfer detection`` wrapper (config, seeds, one record per seed)
+* ``detectron2_weights``, ``detectron2_config``   our ResNet keys <-> detectron2's, its config
 * ``detectron2_engine``  the optional detectron2 path (only when detectron2 is importable)
 """

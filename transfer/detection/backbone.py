@@ -28,6 +28,7 @@ scale than in pretraining; the detection command prints a warning saying so.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 import torch
 from torch import nn
@@ -51,9 +52,10 @@ def stage_channels(resnet: nn.Module) -> list[int]:
 
 def restore_stem_stride(resnet: nn.Module) -> bool:
     """Give a CIFAR stem (stride 1, no pool) stride 2 and a max-pool; True if it changed."""
-    if resnet.conv1.stride == (2, 2) and isinstance(resnet.maxpool, nn.MaxPool2d):
+    conv1 = cast(nn.Conv2d, resnet.conv1)  # a ResNet's stem conv; Module.__getattr__ is untyped
+    if conv1.stride == (2, 2) and isinstance(resnet.maxpool, nn.MaxPool2d):
         return False
-    resnet.conv1.stride = (2, 2)
+    conv1.stride = (2, 2)
     resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
     return True
 
@@ -89,7 +91,8 @@ def freeze_stages(resnet: nn.Module, trainable_stages: int) -> list[str]:
     """Freeze all but the last ``trainable_stages`` stages; returns the frozen stage names."""
     frozen = list(STAGES[: len(STAGES) - trainable_stages])
     for name in frozen:
-        parts = [resnet.conv1, resnet.bn1] if name == "stem" else [getattr(resnet, name)]
+        stage = ["conv1", "bn1"] if name == "stem" else [name]
+        parts = [resnet.get_submodule(part) for part in stage]
         for part in parts:
             for p in part.parameters():
                 p.requires_grad_(False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,12 +44,12 @@ def coco_metrics(
 
     image_list = [{"id": int(i), "width": int(w), "height": int(h)} for i, w, h in images]
     cats = [{"id": int(c), "name": n} for c, n in categories]
-    anns = []
+    anns: list[dict[str, Any]] = []
     for img, boxes, cids, ignore, areas in gt:
         for box, cid, ig, area in zip(boxes, cids, ignore, areas, strict=True):
             anns.append({"id": len(anns) + 1, "image_id": int(img), "category_id": int(cid),
                          "bbox": _xywh(box), "area": float(area), "iscrowd": int(bool(ig))})
-    dets = []
+    dets: list[dict[str, Any]] = []
     for img, boxes, scores, cids in predictions:
         for box, score, cid in zip(boxes, scores, cids, strict=True):
             xywh = _xywh(box)

@@ -2,7 +2,8 @@
 
 Reads the config, resolves the backbone source and the data, then for each seed builds the
 detector, fine-tunes it (:func:`.train.train_detector`), evaluates the final model on the
-test split (never a best checkpoint) and appends one record per seed to ``results.jsonl``:
+test split (never a best checkpoint) and appends one record per seed to ``results.jsonl``
+(:mod:`.record`):
 the run directory's for a run source, ``--output-dir``'s otherwise. With ``--seeds N`` the
 returned metrics are the mean over N seeds and ``<key>_std`` the sample standard deviation
 (MoCo reports the mean of 5 trials).
@@ -14,7 +15,6 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,31 +22,20 @@ import torch
 from pretrain.config_io import load_config, to_dict, write_yaml
 from pretrain.distributed import resolve_device
 from pretrain.errors import ConfigError
-from pretrain.runs import RESULTS_FILE, append_jsonl
-from probes.records import make_record, parse_tags
+from pretrain.jsonl import append_jsonl
+from pretrain.run import RESULTS_FILE
+from probes.records import parse_tags
 from transfer.detection import distributed as dist
-from transfer.detection.config import DetectionConfig
+from transfer.detection.config import DetectionConfig, resolve_preset
 from transfer.detection.datasets import load_detection_data
 from transfer.detection.evaluate import detection_metrics, predict
 from transfer.detection.model import make_detector
+from transfer.detection.record import detection_record, record_settings
 from transfer.detection.structures import DetectionDataset
 from transfer.detection.train import CHECKPOINT, train_detector, use_bf16
 from transfer.detection.weights import BackboneSource, load_backbone_source
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
 HEADLINE = ("det/AP", "det/AP50", "det/AP75", "det/VOC07_AP50", "det/VOC_AP50")
-
-
-def resolve_preset(config: str) -> Path:
-    """A YAML path, or a preset name from ``configs/detection/`` (``bccd_r18_fpn``)."""
-    path = Path(config).expanduser()
-    if path.is_file() or path.suffix in (".yaml", ".yml"):
-        return path
-    preset = PRESET_DIR / f"{config}.yaml"
-    if preset.is_file():
-        return preset
-    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    raise ConfigError(f"no config file {config!r} and no such preset; presets: {', '.join(names)}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,33 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="stored in the records' tags (repeatable), e.g. a suite cell")
-
-
-# Config values that say where or how fast, not what: left out of a record's settings, so that
-# records of one setup (seeds apart) share a table cell. The seed is the record's own field.
-NOT_SETTINGS = {
-    "data": ("cache_dir", "num_workers"),
-    "train": ("seed", "device", "progress", "checkpoint_every", "log_every"),
-    "eval": ("batch_size",),
-}
-
-
-def record_settings(cfg: DetectionConfig) -> dict[str, Any]:
-    """The resolved config as a record's settings (minus :data:`NOT_SETTINGS`)."""
-    settings = to_dict(cfg)
-    settings.pop("name", None)
-    for section, keys in NOT_SETTINGS.items():
-        for key in keys:
-            settings[section].pop(key, None)
-    return settings
-
-
-def detection_record(metrics: dict[str, float], settings: dict[str, Any], setup: dict[str, Any],
-                     dataset: str, splits: dict[str, int], seed: int, wall_s: float,
-                     device: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """The result record, built by the shared ``probes.records.make_record``."""
-    return make_record("detection", "h", dataset, metrics, settings, setup, splits, seed, wall_s,
-                       device, tags)
 
 
 def output_paths(source: BackboneSource, output_dir: str, name: str, seed: int) -> tuple[Path, Path]:

@@ -9,9 +9,11 @@ The presets in ``configs/detection/`` override them for small data and CPUs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pretrain.errors import ConfigError
 
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
 NORMS = ("frozen_bn", "bn", "syncbn", "gn")
 ARCHS = ("fpn", "c4")
 FORMATS = ("voc", "coco")
@@ -129,3 +131,15 @@ def check_config(cfg: DetectionConfig) -> None:
         raise ConfigError("train.checkpoint_every, train.log_every, eval.batch_size must be >= 1")
     if not 0.0 <= t.hflip_prob <= 1.0:
         raise ConfigError(f"train.hflip_prob must be in [0, 1], got {t.hflip_prob}")
+
+
+def resolve_preset(config: str) -> Path:
+    """A YAML path, or a preset name from ``configs/detection/`` (``bccd_r18_fpn``)."""
+    path = Path(config).expanduser()
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        return path
+    preset = PRESET_DIR / f"{config}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"no config file {config!r} and no such preset; presets: {', '.join(names)}")

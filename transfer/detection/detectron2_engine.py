@@ -2,11 +2,12 @@
 
 Only runs where detectron2 is importable (install: ``pip install
 'git+https://github.com/facebookresearch/detectron2.git'``, which needs a C++/CUDA toolchain).
-It exports the backbone (:mod:`transfer.export.detectron2`), writes the matching config,
-registers the datasets (VOC folders via ``register_pascal_voc``, COCO via
-``register_coco_instances``), trains with ``DefaultTrainer`` and evaluates with
+It converts the backbone (:mod:`.detectron2_weights`), writes the matching config
+(:mod:`.detectron2_config`), registers the datasets (VOC folders via ``register_pascal_voc``,
+COCO via ``register_coco_instances``), trains with ``DefaultTrainer`` and evaluates with
 ``COCOEvaluator`` (COCO) or ``PascalVOCDetectionEvaluator`` (VOC; 11-point metric as for 2007).
-This path is untested here: the test machines cannot install detectron2.
+The test suite does not run this path: detectron2 is not installable from the package
+registries CI reaches.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 
 from pretrain.errors import ConfigError
-from pretrain.runs import append_jsonl
+from pretrain.jsonl import append_jsonl
 from transfer.detection.config import DatasetSpec, DetectionConfig
 from transfer.detection.datasets import resolve_root
 from transfer.detection.weights import BackboneSource
@@ -57,7 +58,7 @@ def _custom_heads(d2: Any) -> None:
             return nn.Sequential(*blocks), out
 
     def with_norm(base: type) -> type:
-        class ExtraNorm(base):  # type: ignore[misc, valid-type]
+        class ExtraNorm(base):
             @classmethod
             def _build_res5_block(cls, cfg: Any) -> tuple:
                 seq, out = super()._build_res5_block(cfg)
@@ -85,10 +86,10 @@ def run_detectron2(cfg: DetectionConfig, source: BackboneSource, work_dir: Path,
         raise ConfigError(f"--engine detectron2 needs detectron2, which is not installed; {INSTALL}"
                           " (or use the default --engine torchvision)") from None
     from pretrain.distributed import resolve_device
-    from transfer.detection.command import detection_record
     from transfer.detection.datasets import describe_spec, load_detection_data
-    from transfer.export.detectron2 import to_detectron2, write_detectron2_pickle
-    from transfer.export.detectron2_config import detectron2_config
+    from transfer.detection.detectron2_config import detectron2_config
+    from transfer.detection.detectron2_weights import to_detectron2, write_detectron2_pickle
+    from transfer.detection.record import detection_record
 
     start = time.perf_counter()
     _custom_heads(d2)

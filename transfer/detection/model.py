@@ -47,6 +47,8 @@ class ScaleTransform(GeneralizedRCNNTransform):
     ResizeShortestEdge "choice", sampled per image from torch's RNG), ``min_size_test`` in
     evaluation; normalise with ``image_mean``/``image_std``; pad to a multiple of 32."""
 
+    min_size: tuple[int, ...]  # set by GeneralizedRCNNTransform.__init__
+
     def __init__(self, min_size_train: Sequence[int], min_size_test: int, max_size: int,
                  image_mean: Sequence[float], image_std: Sequence[float]) -> None:
         super().__init__(tuple(min_size_train), max_size, list(image_mean), list(image_std))
@@ -114,7 +116,7 @@ def build_detector(
             rpn_post_nms_top_n_train=2000,
             rpn_post_nms_top_n_test=proposals_test,
             box_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0),
-            box_head=Res5Head(resnet.layer4, c5, res5_extra_norm),
+            box_head=Res5Head(resnet.get_submodule("layer4"), c5, res5_extra_norm),
             box_predictor=FastRCNNPredictor(c5, num_classes + 1),
             **common,
         )
@@ -143,7 +145,7 @@ def make_detector(cfg: ModelConfig, source: BackboneSource, num_classes: int,
     frozen = prepare_resnet(resnet, cfg.norm, cfg.trainable_stages, sync=sync_bn)
     if cfg.norm == "syncbn" and not sync_bn:
         notes.append("note: model.norm=syncbn without CUDA + torch.distributed is plain BatchNorm")
-    extra = None
+    extra: nn.Module | None = None
     if cfg.arch == "c4" and cfg.res5_extra_norm:
         c5 = stage_channels(resnet)[3]
         extra = nn.GroupNorm(32, c5) if cfg.norm == "gn" else nn.BatchNorm2d(c5)

@@ -12,6 +12,8 @@ rank ``r`` of ``W`` processes takes every W-th image of the global batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 
@@ -66,7 +68,7 @@ class IterationSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return max(0, self.max_iter - self.start_iter)
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self) -> Iterator[list[int]]:
         n, b, seed, rank, world = self.args
         for it in range(self.start_iter, self.max_iter):
             yield batch_indices(n, b, it, seed, rank, world)

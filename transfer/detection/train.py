@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
 from pretrain.errors import ConfigError, NonFiniteLossError, UserError
-from pretrain.runs import append_jsonl
+from pretrain.jsonl import append_jsonl
 from transfer.detection import distributed as dist
 from transfer.detection.config import TrainConfig
 from transfer.detection.schedule import IterationSampler, iteration_seed, warmup_step_schedule
@@ -42,7 +42,8 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float) -> list[dict]:
     """Trainable parameters; norm-layer weights and biases get ``weight_decay_norm``."""
-    norm, other = [], []
+    norm: list[nn.Parameter] = []
+    other: list[nn.Parameter] = []
     for module in model.modules():
         for p in module.parameters(recurse=False):
             if p.requires_grad:

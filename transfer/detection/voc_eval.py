@@ -62,7 +62,8 @@ def precision_recall(
     npos = int(sum((~ig).sum() for _, ig in ground_truth.values()))
     order = sorted(range(len(detections)), key=lambda i: -detections[i][1])
     taken = {img: np.zeros(len(b), bool) for img, (b, _) in ground_truth.items()}
-    tp, fp = [], []
+    tp: list[float] = []
+    fp: list[float] = []
     for i in order:
         img, _, box = detections[i]
         gt_boxes, ignore = ground_truth.get(img, (np.zeros((0, 4)), np.zeros(0, bool)))
@@ -73,9 +74,11 @@ def precision_recall(
                 continue  # neither TP nor FP
             if not taken[img][best]:
                 taken[img][best] = True
-                tp.append(1.0), fp.append(0.0)
+                tp.append(1.0)
+                fp.append(0.0)
                 continue
-        tp.append(0.0), fp.append(1.0)
+        tp.append(0.0)
+        fp.append(1.0)
     tp_c, fp_c = np.cumsum(tp), np.cumsum(fp)
     recall = tp_c / max(npos, 1)
     precision = tp_c / np.maximum(tp_c + fp_c, np.finfo(np.float64).eps)

@@ -1,13 +1,15 @@
-"""Where a detection backbone's weights come from: a run directory, a state-dict file, or none.
+"""Where a detection backbone's weights come from: a run directory, a weights file, or none.
 
 * a run directory of ``simclr-pretrain``: the encoder's weights; the projection head is dropped
-  (detection fine-tunes ``h``'s network, as in SimCLR Sec. 4 and MoCo Sec. 4.2);
-* a torchvision or timm ResNet state dict (``.pth``/``.pt``/``.safetensors``; both libraries
-  name ResNet keys alike): ``fc.*`` is ignored, the architecture is read from the keys;
-* ``random``: the random-init baseline (needs ``model.encoder``).
+  (detection fine-tunes ``h``'s network, as in SimCLR Sec. 4 and MoCo Sec. 4.2); images are
+  normalised with the run's own statistics (its :class:`~pretrain.run.RunSetup`);
+* any weights file the probes read (torchvision/timm ``.pth``/``.pt``/``.safetensors``,
+  lightly, solo-learn, our ``checkpoint.pt``): read by :func:`probes.checkpoints.load_any`, the
+  one checkpoint loader, with the architecture read from the keys; ImageNet statistics;
+* ``random``: the random-init baseline (needs ``model.encoder``); ImageNet statistics.
 
 Every key is accounted for: :class:`LoadReport` lists loaded, missing and ignored keys, and
-the detection command prints it.
+the detection command prints it. The record's ``setup`` block is :func:`probes.records.setup_block`'s.
 """
 
 from __future__ import annotations
@@ -19,14 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, PRESETS
-from pretrain.checkpoint import load_checkpoint
+from pretrain.augment import IMAGENET, RGB
 from pretrain.errors import CheckpointError, ConfigError
-from pretrain.runs import CHECKPOINT_FILE, CONFIG_FILE, load_run_config
-
-RESNETS = ("resnet18", "resnet34", "resnet50")
-WRAPPER_KEYS = ("state_dict", "model", "encoder", "backbone")
-PREFIXES = ("module.", "encoder.", "backbone.", "model.")
+from probes.checkpoints import load_any
+from probes.key_layouts import RESNETS
+from probes.records import random_init_setup, setup_block
 
 
 @dataclass
@@ -38,10 +37,11 @@ class BackboneSource:
     encoder: str
     cifar_stem: bool = False
     state_dict: dict[str, torch.Tensor] | None = None
-    dropped: list[str] = field(default_factory=list)  # source keys not meant for a backbone
-    setup: dict[str, Any] = field(default_factory=dict)  # pretraining fields for records
-    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
-    pixel_std: tuple[float, float, float] = IMAGENET_STD
+    dropped: list[str] = field(default_factory=list)  # source keys not loaded into the backbone
+    foreign: list[str] = field(default_factory=list)  # of those, keys inside the encoder itself
+    setup: dict[str, Any] = field(default_factory=dict)  # the records' setup block
+    pixel_mean: RGB = IMAGENET.mean
+    pixel_std: RGB = IMAGENET.std
 
 
 @dataclass
@@ -59,84 +59,6 @@ class LoadReport:
                 f"{len(self.loaded)} tensors; missing: {missing}; ignored: {ignored}")
 
 
-def infer_resnet(keys: list[str]) -> str:
-    """resnet18/34/50 from torchvision key names (block type and depth of layer3)."""
-    bottleneck = any(k.startswith("layer1.0.conv3.") for k in keys)
-    blocks = {int(k.split(".")[1]) for k in keys if k.startswith("layer3.")}
-    depth = max(blocks) + 1 if blocks else 0
-    arch = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50"}.get(
-        (bottleneck, depth)
-    )
-    if arch is None:
-        raise CheckpointError(
-            f"cannot tell which ResNet these weights are (bottleneck={bottleneck}, "
-            f"{depth} blocks in layer3); detection supports {', '.join(RESNETS)}"
-        )
-    return arch
-
-
-def _is_resnet_dict(state: dict[str, Any]) -> bool:
-    return "conv1.weight" in state or any(k.startswith("layer1.") for k in state)
-
-
-def _unwrap(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The ResNet weights inside a checkpoint: under a wrapper key and/or a name prefix."""
-    for key in WRAPPER_KEYS:
-        if not _is_resnet_dict(state) and isinstance(state.get(key), dict):
-            return _unwrap(state[key])
-    if not _is_resnet_dict(state):
-        for prefix in PREFIXES:
-            inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            out = _unwrap(inner) if inner else {}
-            if _is_resnet_dict(out):
-                return out
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot load {path}: {exc}") from None
-    return _unwrap(load_checkpoint(path))
-
-
-def pretraining_normalization(run_cfg: Any) -> tuple[tuple, tuple]:
-    """The mean/std a run was pretrained with (its augment preset, resolved by dataset)."""
-    preset = run_cfg.augment.preset
-    if preset == "auto":
-        dataset = run_cfg.data.name.split(":")[0]
-        preset = {"digits": "digits", "cifar10": "cifar"}.get(dataset, "imagenet")
-    chosen = PRESETS.get(preset, PRESETS["imagenet"])
-    return tuple(chosen["mean"]), tuple(chosen["std"])
-
-
-def run_setup(run_cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """The pretraining fields of a record's ``setup`` (the names ``probes.records`` uses)."""
-    m, t = run_cfg.model, run_cfg.train
-    return {
-        "source": "run",
-        "checkpoint": str((run_dir / CHECKPOINT_FILE).resolve()),
-        "encoder": m.encoder,
-        "cifar_stem": m.cifar_stem,
-        "head": m.head,
-        "num_layers": m.num_layers if m.head == "mlp" else 0,
-        "hidden_dim": m.hidden_dim,
-        "out_dim": m.out_dim,
-        "bn": m.bn,
-        "epochs": t.epochs,
-        "batch_size": t.batch_size,
-        "temperature": t.temperature,
-        "optimizer": run_cfg.optim.name,
-        "pretrain_seed": t.seed,
-        "pretrain_dataset": run_cfg.data.name,
-        "run_dir": str(run_dir.resolve()),
-    }
-
-
 def load_backbone_source(source: str, encoder: str = "") -> BackboneSource:
     """Resolve ``source`` (run dir, weights file or ``random``); ``encoder`` must agree."""
     if encoder and encoder not in RESNETS:
@@ -144,40 +66,29 @@ def load_backbone_source(source: str, encoder: str = "") -> BackboneSource:
     if source == "random":
         if not encoder:
             raise ConfigError("random init needs model.encoder=resnet18|resnet34|resnet50")
-        setup = {"source": "random", "init": "random", "encoder": encoder, "cifar_stem": False}
-        return BackboneSource("random", "", encoder, setup=setup)
+        return BackboneSource("random", "", encoder, setup=random_init_setup(encoder))
     path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
-            raise CheckpointError(f"not a run directory (no {CONFIG_FILE}): {path}")
-        run_cfg = load_run_config(path)
-        arch = run_cfg.model.encoder
-        if arch not in RESNETS:
-            raise ConfigError(f"run {path} has encoder {arch!r}; detection needs one of "
-                              f"{', '.join(RESNETS)}")
-        if encoder and encoder != arch:
-            raise ConfigError(f"model.encoder={encoder} but run {path} was pretrained with {arch}")
-        state = load_checkpoint(path / CHECKPOINT_FILE)
-        if not isinstance(state.get("encoder"), dict):
-            raise CheckpointError(f"{path / CHECKPOINT_FILE} has no 'encoder' weights")
-        head = [f"head.{k}" for k in state.get("head", {})]
-        mean, std = pretraining_normalization(run_cfg)
-        setup = run_setup(run_cfg, path)
-        return BackboneSource("run", str(path), arch, run_cfg.model.cifar_stem, dict(state["encoder"]),
-                              head, setup, mean, std)  # type: ignore[arg-type]
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"backbone source not found: {source} (a run directory, a .pth/"
                               ".safetensors state dict, or 'random')")
-    state = read_state_dict(path)
-    dropped = sorted(k for k in state if k.startswith("fc.") or k.startswith("head."))
-    weights = {k: v for k, v in state.items() if k not in dropped}
-    arch = infer_resnet(list(weights))
-    if encoder and encoder != arch:
-        raise ConfigError(f"model.encoder={encoder} but {path} holds {arch} weights")
-    cifar = tuple(weights["conv1.weight"].shape[-2:]) == (3, 3) if "conv1.weight" in weights else False
-    setup = {"source": "file", "init": path.stem, "encoder": arch, "cifar_stem": cifar,
-             "checkpoint": str(path.resolve())}
-    return BackboneSource("file", str(path), arch, cifar, weights, dropped, setup)
+    loaded = load_any(path, allow_missing=True)
+    what = f"run {path}" if loaded.run is not None else str(path)
+    if loaded.encoder not in RESNETS:
+        raise ConfigError(f"{what} has encoder {loaded.encoder!r}; detection needs one of "
+                          f"{', '.join(RESNETS)}")
+    if encoder and encoder != loaded.encoder:
+        held = "was pretrained with" if loaded.run is not None else "holds"
+        raise ConfigError(f"model.encoder={encoder} but {what} {held} {loaded.encoder} weights")
+    missing = set(loaded.missing_keys)
+    weights = {k: v for k, v in loaded.model.encoder.state_dict().items() if k not in missing}
+    head_keys = [f"head.{k}" for k in loaded.model.head.state_dict()]
+    dropped = sorted(loaded.unused_keys + head_keys)
+    if loaded.run is not None:
+        run = loaded.run
+        return BackboneSource("run", str(path), loaded.encoder, loaded.cifar_stem, weights,
+                              dropped, [], setup_block(loaded), run.setup.mean, run.setup.std)
+    return BackboneSource("file", str(path), loaded.encoder, loaded.cifar_stem, weights, dropped,
+                          loaded.foreign_keys, setup_block(loaded))
 
 
 def load_into(encoder: nn.Module, source: BackboneSource) -> LoadReport:

@@ -27,10 +27,10 @@ import yaml
 from pretrain.config_io import load_config
 from pretrain.errors import CheckpointError
 from pretrain.registry import Registry
-from transfer.detection.config import DetectionConfig
+from transfer.detection.config import DetectionConfig, resolve_preset
+from transfer.detection.detectron2_config import DEPTHS, detectron2_config
+from transfer.detection.detectron2_weights import to_detectron2, write_detectron2_pickle
 from transfer.detection.weights import BackboneSource, load_backbone_source
-from transfer.export.detectron2 import to_detectron2, write_detectron2_pickle
-from transfer.export.detectron2_config import DEPTHS, detectron2_config
 
 Exporter = Callable[[BackboneSource, Path, argparse.Namespace], list[Path]]
 EXPORTERS: Registry[Exporter] = Registry("export format")
@@ -73,6 +73,10 @@ def export_detectron2(source: BackboneSource, out: Path, args: argparse.Namespac
     if source.cifar_stem:
         raise CheckpointError(f"{source.path} was pretrained with a CIFAR stem (3x3 conv1); "
                               "detectron2's BasicStem is 7x7, so these weights cannot be exported")
+    if source.foreign:
+        raise CheckpointError(f"{len(source.foreign)} keys of {source.path} have no place in a "
+                              f"{source.encoder}: {', '.join(source.foreign[:5])}; nothing was "
+                              "written")
     arrays, mapping = to_detectron2(_weights(source))
     for key, reason in mapping.skipped.items():
         print(f"skipped {key}: {reason}")
@@ -111,8 +115,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
-        from transfer.detection.command import resolve_preset
-
         args.config = resolve_preset(args.config)
     source = load_backbone_source(args.source)
     base = Path(source.path) if source.kind == "run" else Path(source.path).parent

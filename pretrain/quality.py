@@ -11,7 +11,9 @@
   uniformity = log E_{i != j} exp(-2 ||f(x_i) - f(x_j)||^2) (lower is better), averaged over the
   two views as in the authors' code.
 
-:func:`quality_metrics` needs no labels, so the training loop can log it every few epochs.
+:func:`quality_metrics` needs no labels, so the training loop logs it every
+``train.quality_every`` epochs; the ``quality`` probe reports the same numbers from cached
+features.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch.nn.functional as F
 
 from pretrain.augment import ViewRecipe, eval_transform, simclr_transform
 from pretrain.data import ImageDataset
+from pretrain.features import extract_features
 from pretrain.model import SimCLRModel
-from probes.features import extract_features, subset
 
 
 @torch.no_grad()
@@ -125,7 +127,7 @@ def quality_metrics(
     n = len(dataset)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(n, size=min(num_samples, n), replace=False))
-    sample = subset(dataset, idx)
+    sample = dataset.select(idx)
     clean = extract_features(
         model, sample, eval_transform(recipe), taps, batch_size, device, num_workers
     )

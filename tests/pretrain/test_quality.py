@@ -11,7 +11,7 @@ from pretrain.augment import resolve_recipe
 from pretrain.config import AugmentConfig, ModelConfig
 from pretrain.data import load_dataset
 from pretrain.model import build_model
-from probes.quality import alignment, quality_metrics, rankme, uniformity
+from pretrain.quality import alignment, quality_metrics, rankme, uniformity
 
 
 @pytest.mark.parametrize("rank", [1, 3, 7])
