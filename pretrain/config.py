@@ -74,7 +74,9 @@ class TrainConfig:
     log_every: int = 50  # steps between loss read-backs (the step's only host synchronisation)
     quality_every: int = 0  # epochs between label-free quality logs (RankMe etc.); 0 = never
     quality_samples: int = 1024  # images used for each quality log
-    sync_bn: bool = False  # global BN across ranks under torchrun (SimCLR App. B.1)
+    # Global BN: batch statistics over all ranks (SimCLR Sec. 2.2, official global_bn=True).
+    # null = on whenever torchrun starts more than one process; true / false force it.
+    sync_bn: bool | None = None
     checkpoint_every: int = 1  # epochs between checkpoints
     progress: bool = True  # tqdm bar per epoch
 

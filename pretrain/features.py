@@ -31,15 +31,17 @@ def extract_features(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    local: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Features of every image of ``dataset`` at ``taps``: ``{tap: (N, D_tap)}`` on the CPU.
 
     Under torchrun each rank extracts the images ``rank, rank + W, ...`` and the shards are
     gathered back into dataset order on every rank, so W processes do 1/W of the work each and
-    return exactly the single-process result.
+    return exactly the single-process result; every rank must call it. ``local=True`` extracts
+    everything in this process with no collective (a caller that runs on one rank only).
     """
     world = dist_utils.world_size()
-    if world == 1:
+    if world == 1 or local:
         return _extract_local(model, dataset, transform, taps, batch_size, device, num_workers)
     n = len(dataset)
     mine = _extract_local(
@@ -56,11 +58,11 @@ def extract_features(
     per_rank = -(-n // world)  # shards differ in length by at most one: pad, gather, trim
     out = {}
     for tap in taps:
-        local = mine[tap]
-        width = torch.tensor([local.shape[1] if local.dim() == 2 else 0], device=comm)
+        shard = mine[tap]
+        width = torch.tensor([shard.shape[1] if shard.dim() == 2 else 0], device=comm)
         dist.all_reduce(width, op=dist.ReduceOp.MAX)  # a rank with no images has no width
         padded = torch.zeros(per_rank, int(width.item()), device=comm)
-        padded[: local.shape[0]] = local.to(comm)
+        padded[: shard.shape[0]] = shard.to(comm)
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded)
         full = torch.empty(n, padded.shape[1])

@@ -87,17 +87,20 @@ def view_features(
     device: str | torch.device = "cpu",
     seed: int = 0,
     num_workers: int = 0,
+    local: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Features of two seeded SimCLR views of every image: ({tap: (N, D)}, {tap: (N, D)}).
 
     The global RNG is forked, so a training loop calling this keeps its own random stream.
+    ``local``: see :func:`pretrain.features.extract_features`.
     """
     views = []
     with torch.random.fork_rng(devices=[]):
         for i in range(2):
             torch.manual_seed(seed * 2 + i)
             views.append(extract_features(
-                model, dataset, simclr_transform(recipe), taps, batch_size, device, num_workers
+                model, dataset, simclr_transform(recipe), taps, batch_size, device, num_workers,
+                local,
             ))
     return views[0], views[1]
 
@@ -112,12 +115,14 @@ def quality_metrics(
     device: str | torch.device = "cpu",
     seed: int = 0,
     num_workers: int = 0,
+    local: bool = False,
 ) -> dict[str, float]:
     """RankMe, alignment and uniformity of ``model`` at every tap, without labels.
 
     Uses ``num_samples`` images drawn from ``dataset`` with ``seed`` (all when fewer): RankMe on
     their evaluation-transform features, alignment/uniformity on two SimCLR views (``recipe``).
-    The model is evaluated in eval mode and its train/eval mode restored afterwards.
+    The model is evaluated in eval mode and its train/eval mode restored afterwards. Under
+    torchrun every rank must call it, unless ``local`` (one rank extracts everything alone).
 
     Returns:
         ``{"quality/rankme/h": ..., "quality/alignment/h": ..., "quality/uniformity/h": ...,
@@ -129,9 +134,10 @@ def quality_metrics(
     idx = np.sort(rng.choice(n, size=min(num_samples, n), replace=False))
     sample = dataset.select(idx)
     clean = extract_features(
-        model, sample, eval_transform(recipe), taps, batch_size, device, num_workers
+        model, sample, eval_transform(recipe), taps, batch_size, device, num_workers, local
     )
-    v1, v2 = view_features(model, sample, recipe, taps, batch_size, device, seed, num_workers)
+    v1, v2 = view_features(model, sample, recipe, taps, batch_size, device, seed, num_workers,
+                           local)
     out: dict[str, float] = {}
     for tap in taps:
         for key, value in quality_from_features(clean[tap], v1[tap], v2[tap]).items():

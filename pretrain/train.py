@@ -123,6 +123,12 @@ def make_batches(
     return batches, where
 
 
+def global_bn(sync_bn: bool | None, world: int) -> bool:
+    """Whether BatchNorm statistics are aggregated over the ``world`` ranks: ``train.sync_bn``,
+    by default (None) whenever there is more than one rank (SimCLR Sec. 2.2)."""
+    return world > 1 and (sync_bn is None or sync_bn)
+
+
 def train_one_epoch(
     step: TrainStep,
     batches: Iterator,
@@ -185,9 +191,13 @@ def log_quality(
 ) -> dict[str, float]:
     """Label-free quality at every tap (RankMe, alignment, uniformity; see pretrain.quality).
 
+    Rank 0 alone calls it and extracts locally, with no collective: a sharded extraction would
+    wait for ranks that are already in the next epoch (the other ranks wait for rank 0 at the
+    next step instead), and the numbers are those of a single process whatever the world size.
     It leaves the model's mode and the global RNG as they were, so resumed runs stay exact.
     """
-    return quality_metrics(model, dataset, recipe, num_samples=num_samples, device=device)
+    return quality_metrics(model, dataset, recipe, num_samples=num_samples, device=device,
+                           local=True)
 
 
 def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -225,7 +235,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     model = build_model(cfg.model)
     setup = RunSetup.build(cfg, model, recipe)
     run_dir = prepare_run_dir(cfg, resume)
-    if cfg.train.sync_bn and world > 1:
+    if global_bn(cfg.train.sync_bn, world):
         model = convert_sync_batchnorm(model, device)  # type: ignore[assignment]
     model = model.to(device)
     if device.type == "cuda" and cfg.train.channels_last:
@@ -308,6 +318,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         "device": str(device),
         "hardware": hardware(),
         "world_size": world,
+        "global_bn": global_bn(cfg.train.sync_bn, world),
         "augment_device": augment_where,
         "code_version": code_version(),
     }

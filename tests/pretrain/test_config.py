@@ -70,3 +70,15 @@ def test_dotted_overrides_merge_but_whole_mappings_replace() -> None:
     out = merge(base, parse_overrides(["model.head=linear", "variants={c: [3]}"]))
     assert out["model"] == {"head": "linear", "bn": True}
     assert out["variants"] == {"c": [3]}
+
+
+def test_global_bn_is_on_whenever_there_are_several_ranks() -> None:
+    from pretrain.train import global_bn
+
+    assert load_config(PretrainConfig, None, []).train.sync_bn is None
+    assert [global_bn(None, w) for w in (1, 2, 8)] == [False, True, True]
+    off = load_config(PretrainConfig, None, ["train.sync_bn=false"]).train.sync_bn
+    assert off is False and not global_bn(off, 8)
+    configs = Path(__file__).parents[2] / "configs"
+    imagenet = load_config(PretrainConfig, configs / "imagenet_resnet50_mlp.yaml")
+    assert imagenet.train.sync_bn is True

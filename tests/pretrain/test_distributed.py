@@ -14,13 +14,18 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from ddp_step_worker import HEADS, PER_RANK_BATCH, make_inputs, make_model
 from subprocesses import child_env, torchrun
 
+from pretrain.augment import resolve_recipe
 from pretrain.checkpoint import load_checkpoint
 from pretrain.data import load_dataset
+from pretrain.jsonl import read_jsonl
 from pretrain.loss import nt_xent
+from pretrain.quality import quality_metrics
+from pretrain.run import load_run
 from pretrain.train import CPUTwoViewBatches
 
 WORLD = 2
@@ -112,9 +117,8 @@ ARGS = [
     "optim.warmup_epochs=1",
     "train.progress=false",
     "train.epochs=3",
-    "train.sync_bn=true",
     "train.device=cpu",
-]
+]  # train.sync_bn is left at its default: global BN because there are two ranks
 
 
 def test_two_rank_run_killed_and_resumed_matches_uninterrupted(tmp_path: Path) -> None:
@@ -152,3 +156,24 @@ def test_a_failing_rank_stops_the_job_with_its_error(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert "error: dataset path not found: /no/such/folder" in out.decode()
+
+
+def test_quality_logging_under_two_ranks_finishes_with_single_process_numbers(tmp_path: Path) -> None:
+    """``train.quality_every`` used to hang under torchrun: rank 0 alone ran a sharded
+    extraction whose collectives the other rank, already training, never joined."""
+    proc = _torchrun("-m", "pretrain.cli", *ARGS, "train.epochs=2", "train.quality_every=1",
+                     "train.quality_samples=64", f"train.run_dir={tmp_path}", "train.name=q")
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    lines = read_jsonl(tmp_path / "q" / "metrics.jsonl")
+    epochs = [line for line in lines if "epoch" in line and "event" not in line]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all("quality/rankme/h" in e for e in epochs)
+    summary = lines[-1]
+    assert summary["world_size"] == 2 and summary["global_bn"] is True
+    run = load_run(tmp_path / "q")  # the final weights: what epoch 2 was measured with
+    dataset = load_dataset("digits", "train", limit=128)
+    recipe = resolve_recipe(run.config.augment, dataset.info)
+    alone = quality_metrics(run.model, dataset, recipe, num_samples=64)
+    assert epochs[-1]["quality/rankme/h"] == pytest.approx(alone["quality/rankme/h"], rel=1e-4)
+    assert epochs[-1]["quality/alignment/z"] == pytest.approx(alone["quality/alignment/z"], rel=1e-4)

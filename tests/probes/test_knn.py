@@ -60,7 +60,7 @@ def test_fewer_test_images_than_classes_and_than_k():
     m = knn_classify(train, labels, test, labels[:3], ks=(1, 20, 100), temperature=0.1,
                      batch_size=2)  # chunks of 2 and 1
     assert m["knn/top1@k1"] == 100.0
-    assert set(m) == {f"knn/top{t}@k{k}" for t in (1, 5) for k in (1, 20, 100)}
+    assert set(m) == {f"knn/top{t}@k{k}" for t in (1, 5) for k in (1, 20, 30)}  # 100 -> 30
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 64])
@@ -73,7 +73,37 @@ def test_chunking_does_not_change_scores(batch_size):
         assert torch.allclose(ref[k], got[k])
 
 
-def test_top5_with_fewer_than_five_classes_is_top_all():
-    m = knn_classify(TRAIN, LABELS, QUERY, torch.tensor([1]), ks=(1,), temperature=1.0)
-    assert m["knn/top1@k1"] == 0.0
-    assert m["knn/top5@k1"] == 100.0
+def test_top5_counts_only_classes_that_received_votes():
+    # k=1: only x0 (class 0) votes, so class 1 is no hit even though there are only 2 classes
+    # (the old rule, top-min(5, C) of the scores, counted it: 100 instead of 0).
+    m = knn_classify(TRAIN, LABELS, QUERY, torch.tensor([1]), ks=(1, 2), temperature=1.0)
+    assert (m["knn/top1@k1"], m["knn/top5@k1"]) == (0.0, 0.0)
+    assert (m["knn/top1@k2"], m["knn/top5@k2"]) == (0.0, 100.0)  # x3 (class 1) now votes
+
+
+def _dino_top5(train, labels, test, test_labels, k, t, num_classes):
+    """A transcription of DINO's eval_knn.knn_classifier (Caron et al. 2021), one chunk."""
+    normalize = torch.nn.functional.normalize
+    train, test = normalize(train, dim=1), normalize(test, dim=1)
+    sim, idx = (test @ train.t()).topk(k, largest=True, sorted=True)
+    retrieved = torch.gather(labels.view(1, -1).expand(test.shape[0], -1), 1, idx)
+    one_hot = torch.zeros(test.shape[0] * k, num_classes)
+    one_hot.scatter_(1, retrieved.view(-1, 1), 1)
+    weights = (sim / t).exp().view(test.shape[0], -1, 1)
+    probs = (one_hot.view(test.shape[0], -1, num_classes) * weights).sum(1)
+    _, predictions = probs.sort(1, True)
+    correct = predictions.eq(test_labels.view(-1, 1))
+    return 100.0 * correct[:, : min(5, k)].sum().item() / test.shape[0]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])
+def test_top5_matches_dino_where_dino_is_unambiguous(k):
+    # Every train image its own class: the k neighbours vote for k distinct classes, so DINO's
+    # first min(5, k) predictions are exactly the voted classes (with repeated classes DINO's
+    # sort also fills them with unvoted classes in arbitrary order, which we never count).
+    torch.manual_seed(3)
+    train, labels = torch.randn(60, 5), torch.arange(60)
+    test, test_labels = train[torch.arange(40)] + 0.3 * torch.randn(40, 5), torch.arange(40)
+    ours = knn_classify(train, labels, test, test_labels, ks=(k,), temperature=0.1, num_classes=60)
+    dino = _dino_top5(train, labels, test, test_labels, k, 0.1, 60)
+    assert ours[f"knn/top5@k{k}"] == pytest.approx(dino)

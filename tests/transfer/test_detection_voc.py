@@ -75,6 +75,7 @@ def test_several_sets_concatenate(bccd: Path, data_cache: Path) -> None:
     train, test, stats = load_detection_data(cfg)
     assert len(train) == 205 + 87 and len(test) == 72
     assert stats["dropped_train"] == 2 and stats["dropped_test"] == 0
+    assert stats["clipped_train"] == stats["clipped_test"] == 0  # BCCD boxes lie inside images
     assert len({r.image_id for r in train.records}) == len(train)  # ids stay unique
 
 
@@ -116,3 +117,5 @@ def test_difficult_and_out_of_image_boxes(tmp_path: Path, bccd: Path) -> None:
     boxes, _ = rec.training_target()
     assert len(boxes) == len(rec.boxes)  # difficult boxes are trained on (detectron2)
     np.testing.assert_array_equal(rec.boxes[-1], [599.0, 399.0, 640.0, 480.0])  # clipped
+    assert report.clipped == 1 and report.clipped_examples == ["BloodImage_00001.xml"]  # counted
+    assert "clipped 1 boxes that reach outside their image" in report.clip_message("V")

@@ -22,7 +22,7 @@ from pretrain.errors import DataError
 from transfer.detection.structures import (
     BoxReport,
     ImageRecord,
-    clip_box,
+    clip_counted,
     empty_arrays,
     invalid_box_reason,
 )
@@ -103,7 +103,8 @@ def coco_records(coco: Any, images_dir: Path, category_ids: list[int], report: B
             if ann["category_id"] not in label_of:
                 raise DataError(f"{source}: annotation {ann.get('id')} has unknown category "
                                 f"{ann['category_id']}")
-            clipped = clip_box(box, width, height)
+            where = f"{file.name} (annotation {ann.get('id')})"
+            clipped = clip_counted(box, width, height, report, where)
             boxes.append(clipped)
             labels.append(label_of[ann["category_id"]])
             ignore.append(bool(ann.get("iscrowd", 0)))

@@ -56,13 +56,16 @@ def describe_spec(spec: DatasetSpec) -> str:
 def _warn(report: BoxReport, name: str) -> None:
     if report.total:
         print(report.message(name), file=sys.stderr)
+    if report.clipped:
+        print(report.clip_message(name), file=sys.stderr)
 
 
 def load_detection_data(cfg: DataConfig) -> tuple[DetectionDataset, DetectionDataset, dict]:
     """Training set (all of ``cfg.train`` concatenated) and test set, plus load statistics.
 
     Returns:
-        (train, test, stats) where ``stats`` has ``dropped_train``/``dropped_test`` counts.
+        (train, test, stats) where ``stats`` has ``dropped_train``/``dropped_test`` and
+        ``clipped_train``/``clipped_test`` counts.
     """
     fmt = cfg.test.format
     train_report, test_report = BoxReport(), BoxReport()
@@ -110,5 +113,7 @@ def load_detection_data(cfg: DataConfig) -> tuple[DetectionDataset, DetectionDat
         "dropped_train": train_report.total,
         "dropped_test": test_report.total,
         "dropped_reasons": dict(train_report.dropped + test_report.dropped),
+        "clipped_train": train_report.clipped,
+        "clipped_test": test_report.clipped,
     }
     return train, test.subset(cfg.limit_test), stats

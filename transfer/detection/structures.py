@@ -53,16 +53,24 @@ class ImageRecord:
 
 @dataclass
 class BoxReport:
-    """Counts of boxes dropped while loading, by reason, with a few example files."""
+    """Boxes dropped while loading, by reason, and boxes clipped to their image, with a few
+    example files each."""
 
     dropped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    clipped: int = 0
+    clipped_examples: list[str] = field(default_factory=list)
 
     def add(self, reason: str, where: str, count: int = 1) -> None:
         self.dropped[reason] += count
         self.examples.setdefault(reason, [])
         if where not in self.examples[reason] and len(self.examples[reason]) < 3:
             self.examples[reason].append(where)
+
+    def add_clipped(self, where: str) -> None:
+        self.clipped += 1
+        if where not in self.clipped_examples and len(self.clipped_examples) < 3:
+            self.clipped_examples.append(where)
 
     @property
     def total(self) -> int:
@@ -74,6 +82,10 @@ class BoxReport:
             for reason, n in sorted(self.dropped.items())
         ]
         return f"warning: {dataset}: dropped {self.total} invalid boxes: {'; '.join(parts)}"
+
+    def clip_message(self, dataset: str) -> str:
+        return (f"warning: {dataset}: clipped {self.clipped} boxes that reach outside their image "
+                f"to its borders (e.g. {', '.join(self.clipped_examples)})")
 
 
 def invalid_box_reason(box: tuple[float, float, float, float], width: int, height: int) -> str:
@@ -93,8 +105,19 @@ def invalid_box_reason(box: tuple[float, float, float, float], width: int, heigh
 
 
 def clip_box(box: tuple[float, float, float, float], width: int, height: int) -> list[float]:
+    """(x1, y1, x2, y2) in 0-based pixel-edge coordinates, cut to the image [0, W] x [0, H]."""
     x1, y1, x2, y2 = box
     return [max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)]
+
+
+def clip_counted(
+    box: tuple[float, float, float, float], width: int, height: int, report: BoxReport, where: str
+) -> list[float]:
+    """:func:`clip_box`, counting in ``report`` a box that had to be cut."""
+    clipped = clip_box(box, width, height)
+    if clipped != [float(v) for v in box]:
+        report.add_clipped(where)
+    return clipped
 
 
 def empty_arrays() -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from pretrain.errors import DataError
 from transfer.detection.structures import (
     BoxReport,
     ImageRecord,
-    clip_box,
+    clip_counted,
     empty_arrays,
     invalid_box_reason,
 )
@@ -153,7 +153,8 @@ def voc_records(annotations: list[VocAnnotation], classes: list[str], report: Bo
             if reason:  # judged on the 1-based inclusive numbers of the file
                 report.add(reason, ann.xml.name)
                 continue
-            boxes.append(clip_box((x1 - 1.0, y1 - 1.0, x2, y2), ann.width, ann.height))
+            boxes.append(clip_counted((x1 - 1.0, y1 - 1.0, x2, y2), ann.width, ann.height, report,
+                                      ann.xml.name))
             labels.append(index[obj.name])
             ignore.append(obj.difficult)
         if boxes:
