@@ -1,7 +1,8 @@
 """The pretraining config: one dataclass per section, every hyperparameter with its unit and source.
 
 Defaults follow the SimCLR paper (Chen et al. 2020) where it gives one; the CIFAR presets in
-``configs/`` follow its Appendix B.9.
+``configs/`` take their hyper-parameters from the official code's CIFAR-10 command (each config
+cites its source).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class DataConfig:
 class ModelConfig:
     encoder: str = "small_cnn"  # resnet18 | resnet34 | resnet50 | small_cnn | timm:<name>
     cifar_stem: bool = False  # 3x3 stride-1 conv1 and no max-pool, for 32x32 inputs
+    zero_init_residual: bool = False  # residual blocks' last BN gamma = 0 (official init_zero)
     head: str = "mlp"  # none | linear | mlp
     num_layers: int = 2  # mlp depth: 2 = SimCLR v1, 3 = SimCLR v2
     hidden_dim: int = 0  # 0 = encoder width (SimCLR: 2048 for ResNet-50)

@@ -4,12 +4,15 @@
   dict keys are exactly torchvision's (minus ``fc``) and export is a copy. ``cifar_stem`` swaps
   the 7x7 stride-2 conv and max-pool for a 3x3 stride-1 conv and no pool, the standard for
   32x32 inputs (SimCLR App. B.9).
-* ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features).
+  ``zero_init_residual`` starts the last BN of every residual block at gamma = 0, so each block
+  begins as the identity (Goyal et al. 2017; the official SimCLR ResNet's ``init_zero=True``).
+* ``timm:<name>``: any timm model, created with ``num_classes=0`` (pooled features); timm's own
+  initialisation applies (its ResNets zero-initialise the last BN by default).
 * ``small_cnn``: a 4-block CNN (about 0.3 M parameters) for fast CPU tests and the quickstart.
 
-A registered factory takes ``cifar_stem`` and returns an ``nn.Module`` that satisfies
-:class:`Encoder`; :func:`build_encoder` checks that it does, so a new encoder that forgets
-``num_features`` fails when it is built, not deep inside a probe.
+A registered factory takes ``cifar_stem`` and ``zero_init_residual`` and returns an
+``nn.Module`` that satisfies :class:`Encoder`; :func:`build_encoder` checks that it does, so a
+new encoder that forgets ``num_features`` fails when it is built, not deep inside a probe.
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
 RESNET_WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 
-def _torchvision_resnet(arch: str, cifar_stem: bool) -> nn.Module:
+def _torchvision_resnet(arch: str, cifar_stem: bool, zero_init_residual: bool) -> nn.Module:
     import torchvision
 
-    net = getattr(torchvision.models, arch)(weights=None)
+    net = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
     if cifar_stem:
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -52,8 +55,10 @@ def _torchvision_resnet(arch: str, cifar_stem: bool) -> nn.Module:
 
 for _arch in RESNET_WIDTHS:
 
-    def _factory(cifar_stem: bool = False, _arch: str = _arch) -> nn.Module:
-        return _torchvision_resnet(_arch, cifar_stem)
+    def _factory(
+        cifar_stem: bool = False, zero_init_residual: bool = False, _arch: str = _arch
+    ) -> nn.Module:
+        return _torchvision_resnet(_arch, cifar_stem, zero_init_residual)
 
     ENCODERS.add(_arch, _factory)
 
@@ -83,7 +88,7 @@ class SmallCNN(nn.Module):
 
 
 @ENCODERS.register("small_cnn")
-def _small_cnn(cifar_stem: bool = False) -> nn.Module:
+def _small_cnn(cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
     return SmallCNN()
 
 
@@ -95,7 +100,7 @@ def check_encoder(net: nn.Module, name: str) -> int:
     return width
 
 
-def build_encoder(name: str, cifar_stem: bool = False) -> nn.Module:
+def build_encoder(name: str, cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
     """Create encoder ``name`` (randomly initialised); see the module docstring for names."""
     if name.startswith("timm:"):
         import timm
@@ -105,7 +110,7 @@ def build_encoder(name: str, cifar_stem: bool = False) -> nn.Module:
             raise ConfigError(f"unknown timm model {model_name!r}; see timm.list_models()")
         net: nn.Module = timm.create_model(model_name, pretrained=False, num_classes=0)
     else:
-        net = ENCODERS.get(name)(cifar_stem=cifar_stem)
+        net = ENCODERS.get(name)(cifar_stem=cifar_stem, zero_init_residual=zero_init_residual)
     check_encoder(net, name)
     return net
 

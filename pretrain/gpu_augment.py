@@ -7,7 +7,8 @@ GPU from uint8 images that already live there:
 1. random resized crop + horizontal flip: one affine map per image, sampled exactly like
    ``T.RandomResizedCrop.get_params`` (area fraction uniform in [scale_min, 1], log-uniform
    aspect ratio in [3/4, 4/3], 10 tries, then the central-crop fallback), applied with
-   ``F.affine_grid`` + bilinear ``F.grid_sample``; the flip negates the map's x scale;
+   bilinear ``F.grid_sample`` at ``TF.resized_crop``'s sample points (strictly inside the box);
+   the flip reverses the sample columns;
 2. colour jitter with probability p: brightness, contrast and saturation factors uniform in
    [max(0, 1 - 0.8s), 1 + 0.8s], hue shift uniform in [-0.2s, 0.2s] turns, applied in a random
    order per image, each op defined as in ``torchvision.transforms.v2.functional``;
@@ -151,22 +152,33 @@ def to_float_nchw(images: torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
+def crop_coordinates(start: torch.Tensor, length: torch.Tensor, size: int) -> torch.Tensor:
+    """Source pixel coordinates (B, size) of ``size`` output pixels resampling the span
+    [start, start + length) of each row: the half-pixel map of ``F.interpolate``
+    (align_corners=False) inside the span, clamped to its first and last pixel, exactly as
+    ``torchvision.transforms.functional.resized_crop`` samples the cropped image."""
+    j = torch.arange(size, dtype=start.dtype, device=start.device) + 0.5
+    inside = j[None, :] * (length[:, None] / size) - 0.5  # (B, size), in crop pixels
+    upper = (length - 1).clamp(min=0)[:, None]
+    return start[:, None] + torch.minimum(inside.clamp(min=0.0), upper)
+
+
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
     """Crop ``boxes`` (B, 4) = (top, left, h, w) of x (B, C, H, W), mirror where ``flip``, and
-    resize bilinearly to (B, C, size, size); pixel centres map as in ``F.interpolate``
-    (align_corners=False), borders are clamped."""
+    resize bilinearly to (B, C, size, size).
+
+    Every sample lies inside its box (edge pixels repeat the box's edge, never a pixel outside
+    it), so a view equals ``TF.resized_crop(img, top, left, h, w, size, antialias=False)``
+    followed by the flip.
+    """
     b, c, height, width = x.shape
     top, left, h, w = boxes.to(x.dtype).unbind(dim=1)
-    sign = 1.0 - 2.0 * flip.to(x.dtype)
-    zero = torch.zeros_like(top)
-    theta = torch.stack(
-        [
-            torch.stack([sign * w / width, zero, (2 * left + w) / width - 1], dim=1),
-            torch.stack([zero, h / height, (2 * top + h) / height - 1], dim=1),
-        ],
-        dim=1,
-    )  # (B, 2, 3): output coords in [-1, 1] -> input coords in [-1, 1]
-    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    cols = crop_coordinates(left, w, size)  # (B, size) source x in pixels
+    rows = crop_coordinates(top, h, size)  # (B, size) source y in pixels
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    gx = (2.0 * cols + 1.0) / width - 1.0  # pixel centres -> grid_sample's [-1, 1]
+    gy = (2.0 * rows + 1.0) / height - 1.0
+    grid = torch.stack([gx[:, None, :].expand(b, size, size), gy[:, :, None].expand(b, size, size)], -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

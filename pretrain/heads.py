@@ -6,9 +6,15 @@ every intermediate output so that probes can read any layer without a second for
 * ``none``:   taps {"z"} with z = h (identity; out_dim = in_dim).
 * ``linear``: one Linear (+ BN when ``bn``); taps {"z"}.
 * ``mlp``:    ``num_layers`` Linear layers; each but the last is followed by BN (when ``bn``)
-  and ReLU, the last by BN only (as in the official SimCLR v2 code, where the output BN has no
-  scale). Hidden outputs (after their ReLU) are tapped as ``head.0`` ... ``head.{L-2}`` and the
-  last layer's output as ``z``. SimCLR v1: L=2, 2048-2048-128; SimCLR v2: L=3.
+  and ReLU, the last by BN only. Hidden outputs (after their ReLU) are tapped as ``head.0`` ...
+  ``head.{L-2}`` and the last layer's output as ``z``. SimCLR v1: L=2, 2048-2048-128; SimCLR
+  v2: L=3.
+
+As in the official code (``tf2/model.py``: ``LinearLayer(use_bias=False, use_bn=True)`` for the
+output layer, whose BN is ``center=False``), the BN of the output layer (``linear``'s only one,
+``mlp``'s last) has a learned scale but no shift: its bias stays 0 and is not trained (it stays
+in the state dict, so heads with a shift, e.g. lightly's, load and compute exactly). Hidden
+layers' BNs have both, and Linear layers followed by BN have no bias.
 
 A head type declares, where it is registered, its **label** (the name tables and plots show:
 ``none``, ``linear``, ``mlp-2``) and its **depth** (layers between h and z: the x axis of the
@@ -129,9 +135,13 @@ class ProjectionHead(nn.Module):
 
 
 def _block(in_dim: int, out_dim: int, bn: bool, relu: bool) -> nn.Module:
+    """Linear (bias only without BN), BN (no shift on an output layer: ``relu`` False), ReLU."""
     mods: list[nn.Module] = [nn.Linear(in_dim, out_dim, bias=not bn)]
     if bn:
-        mods.append(nn.BatchNorm1d(out_dim))
+        norm = nn.BatchNorm1d(out_dim)
+        if not relu:  # the output layer: official center=False
+            norm.bias.requires_grad_(False)
+        mods.append(norm)
     if relu:
         mods.append(nn.ReLU(inplace=True))
     return nn.Sequential(*mods)

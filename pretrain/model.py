@@ -51,6 +51,7 @@ def head_shape(cfg: ModelConfig) -> HeadShape:
 
 def build_model(cfg: ModelConfig) -> SimCLRModel:
     """Build encoder and head from the model section of a config."""
-    encoder = build_encoder(cfg.encoder, cifar_stem=cfg.cifar_stem)
+    encoder = build_encoder(cfg.encoder, cifar_stem=cfg.cifar_stem,
+                            zero_init_residual=cfg.zero_init_residual)
     head = build_head(cfg.head, in_dim=check_encoder(encoder, cfg.encoder), shape=head_shape(cfg))
     return SimCLRModel(encoder, head)

@@ -1,10 +1,21 @@
 """Optimisers (LARS, SGD, AdamW), learning-rate scaling and the warm-up + cosine schedule.
 
-LARS (You et al. 2017, "Large Batch Training of Convolutional Networks"), as used by SimCLR:
-for each parameter w with gradient g, the update uses a layer-wise trust ratio
-``eta * |w| / (|g| + wd * |w|)``. Following the SimCLR code, biases and BatchNorm parameters
-(every parameter with ndim <= 1) are excluded from both the trust-ratio adaptation and the
-weight decay.
+LARS (You et al. 2017, "Large Batch Training of Convolutional Networks") as the official SimCLR
+code implements it (``lars_optimizer.LARSOptimizer`` with ``classic_momentum=True``). For a
+parameter w with gradient g, weight decay wd, momentum m, learning rate lr and trust
+coefficient eta::
+
+    d     = g + wd * w                      (weight decay added to the gradient)
+    trust = eta * |w| / |d|                 (1 when |w| or |d| is 0)
+    v     = m * v + lr * trust * d          (the learning rate inside the momentum)
+    w     = w - v
+
+Because lr sits inside the momentum, a change of lr (every step of the warm-up and of the
+cosine decay) only scales the new gradients, not the accumulated velocity. (lightly and
+solo-learn, after PyTorch Lightning Bolts, use v = m * v + trust' * d, w = w - lr * v with
+trust' = eta * |w| / (|g| + wd * |w|): a different update whenever lr changes.) Following the
+SimCLR code, biases and BatchNorm parameters (every parameter with ndim <= 1) get neither the
+trust ratio nor weight decay: v = m * v + lr * g.
 
 Learning-rate scaling (SimCLR App. B.1): ``linear``: lr = base_lr x B / 256;
 ``sqrt``: lr = base_lr x sqrt(B) (the paper's 0.075 x sqrt(B) for small batches / long runs).
@@ -24,10 +35,11 @@ from pretrain.registry import Registry
 
 
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise adaptive rate scaling.
+    """SGD with momentum and layer-wise adaptive rate scaling (the update of the module docstring).
 
     Each param group may set ``lars_exclude=True`` (biases, BN) to skip both the trust ratio and
-    the weight decay for its parameters.
+    the weight decay for its parameters. ``eps`` is added to |d| in the trust ratio (0, as in
+    the official code: a zero |d| already gives trust 1).
     """
 
     def __init__(
@@ -37,7 +49,7 @@ class LARS(torch.optim.Optimizer):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         trust_coefficient: float = 0.001,
-        eps: float = 1e-8,
+        eps: float = 0.0,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -57,6 +69,7 @@ class LARS(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
+            scale: list[torch.Tensor] | float = group["lr"]
             if not group["lars_exclude"]:
                 if group["weight_decay"]:
                     grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
@@ -67,17 +80,18 @@ class LARS(torch.optim.Optimizer):
                     group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
                     torch.ones_like(w_norm),
                 )
-                # one multi-tensor kernel per group instead of ~10 launches per parameter
-                grads = torch._foreach_mul(grads, list(trust.unbind()))
+                scale = list((group["lr"] * trust).unbind())  # lr * trust, per parameter
+            # one multi-tensor kernel per group instead of ~10 launches per parameter
+            scaled = torch._foreach_mul(grads, scale)
             bufs = []
             for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)  # first step: buf = g
+                    state["momentum_buffer"] = torch.zeros_like(p)  # first step: v = lr * d
                 bufs.append(state["momentum_buffer"])
             torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, grads)
-            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+            torch._foreach_add_(bufs, scaled)
+            torch._foreach_sub_(params, bufs)
         return loss
 
 

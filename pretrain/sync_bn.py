@@ -76,6 +76,8 @@ def _convert_to_global(module: nn.Module) -> nn.Module:
             with torch.no_grad():
                 new.weight.copy_(module.weight)
                 new.bias.copy_(module.bias)
+            new.weight.requires_grad_(module.weight.requires_grad)  # a frozen shift stays frozen
+            new.bias.requires_grad_(module.bias.requires_grad)
         if module.track_running_stats:
             new.running_mean = module.running_mean
             new.running_var = module.running_var

@@ -82,3 +82,15 @@ def test_global_bn_is_on_whenever_there_are_several_ranks() -> None:
     configs = Path(__file__).parents[2] / "configs"
     imagenet = load_config(PretrainConfig, configs / "imagenet_resnet50_mlp.yaml")
     assert imagenet.train.sync_bn is True
+
+
+@pytest.mark.parametrize("head", ["none", "linear", "mlp"])
+def test_cifar_configs_hold_the_cited_official_recipe(head: str) -> None:
+    """The values the configs cite: the official CIFAR-10 command (README, commit 0075cc0)."""
+    path = Path(__file__).parents[2] / "configs" / f"cifar10_resnet18_{head}.yaml"
+    cfg = load_config(PretrainConfig, path)
+    optim, model = cfg.optim, cfg.model
+    assert (cfg.train.batch_size, optim.name, optim.lr, optim.lr_scaling) == (512, "lars", 1.0, "linear")
+    assert (optim.weight_decay, cfg.train.temperature) == (1e-6, 0.5)
+    assert (model.encoder, model.cifar_stem, model.zero_init_residual) == ("resnet18", True, True)
+    assert cfg.augment.preset == "cifar" and cfg.train.epochs == 500

@@ -106,3 +106,34 @@ def test_heads_registry_and_duplicates() -> None:
         reg.add("a", 2)
     with pytest.raises(UserError, match="valid: a"):
         reg.get("b")
+
+
+def test_output_bn_has_no_shift_and_hidden_bns_do() -> None:
+    """Official tf2/model.py: the output layer's BN is center=False (scale only)."""
+    head = build_head("mlp", 32, HeadShape(hidden_dim=16, out_dim=8, num_layers=3))
+    hidden, last = head.layers[0][1], head.layers[-1][1]
+    assert hidden.bias.requires_grad and not last.bias.requires_grad and last.weight.requires_grad
+    linear = build_head("linear", 32, HeadShape(out_dim=8))
+    assert not linear.layers[0][1].bias.requires_grad
+    opt = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=1.0)
+    head.train()(torch.randn(16, 32)).pow(2).sum().backward()
+    opt.step()
+    assert torch.count_nonzero(last.bias) == 0 and torch.count_nonzero(hidden.bias) > 0
+    assert "layers.2.1.bias" in head.state_dict()  # kept: heads with a shift still load
+
+
+@pytest.mark.parametrize("arch, last_bn", [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual_starts_every_block_as_the_identity(arch: str, last_bn: str) -> None:
+    zero, plain = build_encoder(arch, zero_init_residual=True), build_encoder(arch)
+    blocks = [b for layer in (zero.layer1, zero.layer2, zero.layer3, zero.layer4) for b in layer]
+    assert all(torch.count_nonzero(getattr(b, last_bn).weight) == 0 for b in blocks)
+    assert torch.count_nonzero(plain.layer1[0].get_submodule(last_bn).weight) > 0
+
+
+def test_global_bn_conversion_keeps_the_frozen_shift() -> None:
+    from pretrain.sync_bn import GlobalBatchNorm, convert_sync_batchnorm
+
+    head = convert_sync_batchnorm(build_head("mlp", 32, HeadShape(out_dim=8)), torch.device("cpu"))
+    last = head.layers[-1][1]
+    assert isinstance(last, GlobalBatchNorm) and not last.bias.requires_grad
+    assert head.layers[0][1].bias.requires_grad

@@ -99,7 +99,7 @@ def test_run_names_use_the_head_label() -> None:
 
 def test_an_encoder_without_num_features_fails_when_built(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ENCODERS, "_entries", dict(ENCODERS._entries))
-    ENCODERS.add("widthless", lambda cifar_stem=False: nn.Conv2d(3, 8, 3))
+    ENCODERS.add("widthless", lambda **_: nn.Conv2d(3, 8, 3))
     with pytest.raises(ConfigError, match="'widthless' does not expose an integer num_features"):
         build_encoder("widthless")
 
