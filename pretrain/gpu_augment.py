@@ -78,49 +78,55 @@ def jitter_ranges(strength: float) -> list[tuple[float, float]]:
     return [(max(0.0, 1 - b), 1 + b)] * 3 + [(-h, h)]
 
 
+Size = int | torch.Tensor  # one extent for the batch, or one per image (B,)
+
+
 def sample_crop_boxes(
-    u: torch.Tensor, height: int, width: int, scale: tuple[float, float]
+    u: torch.Tensor, height: Size, width: Size, scale: tuple[float, float]
 ) -> torch.Tensor:
     """Vectorised ``T.RandomResizedCrop.get_params`` from uniforms ``u`` (B, 2 * tries + 2).
 
     Columns: ``tries`` area fractions, ``tries`` log aspect ratios, then the top and left
-    offsets. Returns (B, 4) int64 boxes (top, left, height, width).
+    offsets. ``height``/``width`` are the image's extent, or (B,) extents of images of
+    different sizes (each box lies inside its own image). Returns (B, 4) int64 boxes
+    (top, left, height, width).
     """
     tries = (u.shape[1] - 2) // 2
-    area = float(height * width)
+    n = u.shape[0]
+    hh = torch.as_tensor(height, dtype=u.dtype, device=u.device).expand(n)
+    ww = torch.as_tensor(width, dtype=u.dtype, device=u.device).expand(n)
+    area = (hh * ww)[:, None]
     lo, hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
     target = area * (scale[0] + (scale[1] - scale[0]) * u[:, :tries])
     aspect = torch.exp(lo + (hi - lo) * u[:, tries : 2 * tries])
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ok = (w > 0) & (w <= ww[:, None]) & (h > 0) & (h <= hh[:, None])
     first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # first valid try (0 if none)
     found = ok.any(dim=1)
     # The fallback of torchvision: the largest central crop with an aspect ratio in range.
-    in_ratio = width / height
-    if in_ratio < CROP_RATIO[0]:
-        fw, fh = width, int(round(width / CROP_RATIO[0]))
-    elif in_ratio > CROP_RATIO[1]:
-        fw, fh = int(round(height * CROP_RATIO[1])), height
-    else:
-        fw, fh = width, height
-    w = torch.where(found, w.gather(1, first).squeeze(1), float(fw))
-    h = torch.where(found, h.gather(1, first).squeeze(1), float(fh))
-    top = torch.where(found, torch.floor(u[:, -2] * (height - h + 1)), float((height - fh) // 2))
-    left = torch.where(found, torch.floor(u[:, -1] * (width - w + 1)), float((width - fw) // 2))
+    in_ratio = ww / hh
+    narrow, wide = in_ratio < CROP_RATIO[0], in_ratio > CROP_RATIO[1]
+    fw = torch.where(wide, torch.round(hh * CROP_RATIO[1]), ww)
+    fh = torch.where(narrow, torch.round(ww / CROP_RATIO[0]), hh)
+    w = torch.where(found, w.gather(1, first).squeeze(1), fw)
+    h = torch.where(found, h.gather(1, first).squeeze(1), fh)
+    top = torch.where(found, torch.floor(u[:, -2] * (hh - h + 1)), torch.floor((hh - fh) / 2))
+    left = torch.where(found, torch.floor(u[:, -1] * (ww - w + 1)), torch.floor((ww - fw) / 2))
     return torch.stack([top, left, h, w], dim=1).long()
 
 
 def sample_view_params(
     n: int,
-    height: int,
-    width: int,
+    height: Size,
+    width: Size,
     recipe: ViewRecipe,
     generator: torch.Generator,
     solarize_p: float = 0.0,
 ) -> ViewParams:
-    """Parameters of ``n`` independent views of (height x width) images, on the generator's
-    device, from one ``torch.rand`` draw (reproducible for a given generator state)."""
+    """Parameters of ``n`` independent views of (height x width) images (or of images with
+    (n,) extents each), on the generator's device, from one ``torch.rand`` draw (reproducible
+    for a given generator state)."""
     t = CROP_TRIES
     u = torch.rand((n, 2 * t + 17), generator=generator, device=generator.device, dtype=torch.float64)
     boxes = sample_crop_boxes(u[:, : 2 * t + 2], height, width, (recipe.crop_scale_min, 1.0))
@@ -302,11 +308,26 @@ class GPUAugment:
         self.solarize_p = solarize_p
         self.blur_kernel = blur_kernel_size(recipe.image_size) if recipe.blur else 0
 
-    def views(self, images: torch.Tensor, generator: torch.Generator, n_views: int) -> torch.Tensor:
-        """images (B, H, W, 3) or (B, 3, H, W) -> (n_views * B, 3, S, S), view-major."""
+    def views(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        n_views: int,
+        sizes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """images (B, H, W, 3) or (B, 3, H, W) -> (n_views * B, 3, S, S), view-major.
+
+        ``sizes`` (B, 2) int: the (height, width) each image really has, at the top left of
+        its (H, W) canvas (images of different shapes in one batch); crops stay inside it.
+        """
         x = to_float_nchw(images)
+        height: Size = x.shape[2]
+        width: Size = x.shape[3]
+        if sizes is not None:
+            extents = sizes.to(generator.device).repeat(n_views, 1)
+            height, width = extents[:, 0], extents[:, 1]
         params = sample_view_params(
-            n_views * x.shape[0], x.shape[2], x.shape[3], self.recipe, generator, self.solarize_p
+            n_views * x.shape[0], height, width, self.recipe, generator, self.solarize_p
         ).to(x.device)
         return apply_view_params(x, params, self.recipe, self.blur_kernel, self.solarize_p > 0)
 
@@ -315,8 +336,9 @@ class GPUAugment:
         return self.views(images, generator, 1)
 
     def two_views(
-        self, images: torch.Tensor, generator: torch.Generator
+        self, images: torch.Tensor, generator: torch.Generator, sizes: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two independent views of every image: ((B, 3, S, S), (B, 3, S, S))."""
-        x1, x2 = self.views(images, generator, 2).chunk(2)
+        """Two independent views of every image: ((B, 3, S, S), (B, 3, S, S)); ``sizes`` as
+        for :meth:`views`."""
+        x1, x2 = self.views(images, generator, 2, sizes).chunk(2)
         return x1, x2

@@ -7,8 +7,10 @@ torchvision DataLoader path); both views of row k come from the same image.
 * :class:`GPUTwoViewBatches`: in-memory datasets (``ImageDataset.array``, CIFAR-size, up to a
   few GB): the uint8 images are copied to the device once; indexing, augmentation and labels
   never leave it.
-* :class:`DecodedTwoViewBatches`: image files: DataLoader workers only decode and resize to a
-  fixed (D, D) uint8 tensor (no float work on the CPU); crops, colour and blur run on the device.
+* :class:`DecodedTwoViewBatches`: image files: DataLoader workers only decode and resize (the
+  whole image, its aspect kept, into a fixed uint8 canvas; no float work on the CPU); crops,
+  colour and blur run on the device, each crop drawn from the whole image as torchvision's
+  ``RandomResizedCrop`` does.
 
 ``set_epoch(seed, epoch, rank, world_size)`` makes an epoch reproducible: the shuffle depends on
 (seed, epoch) only, so the ranks' shards partition one permutation (as ``DistributedSampler``);
@@ -23,6 +25,7 @@ The training step that consumes them without host synchronisations is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -137,29 +140,35 @@ class GPUTwoViewBatches:
             yield (x1, x2), self.labels[idx]
 
 
-def decode_fixed_size(img: Image.Image, size: int) -> torch.Tensor:
-    """PIL image -> uint8 (3, size, size): shorter side resized to ``size``, centre square."""
+MAX_ASPECT = 4.0 / 3.0  # canvas side / decode size: 4:3 photos keep their resolution
+
+
+def decode_whole(img: Image.Image, size: int, canvas: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL image -> (uint8 (3, canvas, canvas), int64 (2,) = (h, w)): the whole image with its
+    aspect ratio, shorter side ``size`` (smaller when the longer side would exceed ``canvas``),
+    at the canvas' top left; the rest of the canvas is 0 and never sampled."""
     img = img.convert("RGB")
     w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    scale = min(size / min(w, h), canvas / max(w, h))
+    nw, nh = max(1, min(canvas, round(w * scale))), max(1, min(canvas, round(h * scale)))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    out = torch.zeros(3, canvas, canvas, dtype=torch.uint8)
+    out[:, :nh, :nw] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    return out, torch.tensor([nh, nw])
 
 
 class DecodedImages(Dataset):
-    """``(uint8 (3, D, D), label)`` per image of ``base``: decode + resize, nothing else."""
+    """``(uint8 (3, C, C), (h, w), label)`` per image of ``base``: decoded and resized whole
+    (:func:`decode_whole`, shorter side ``size``, canvas C), nothing else."""
 
-    def __init__(self, base: ImageDataset, size: int) -> None:
-        self.base, self.size = base, size
+    def __init__(self, base: ImageDataset, size: int, canvas: int) -> None:
+        self.base, self.size, self.canvas = base, size, canvas
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.base.files is None:
             img = self.base.load_image(index)
         else:
@@ -170,7 +179,8 @@ class DecodedImages(Dataset):
                     img = opened.convert("RGB")
             except (FileNotFoundError, UnidentifiedImageError, OSError, SyntaxError) as exc:
                 raise DataError(f"cannot read image {path}: {exc}") from None
-        return decode_fixed_size(img, self.size), self.base.targets[index]
+        image, extent = decode_whole(img, self.size, self.canvas)
+        return image, extent, self.base.targets[index]
 
 
 class _ShardSampler(Sampler[int]):
@@ -187,11 +197,14 @@ class _ShardSampler(Sampler[int]):
 
 
 class DecodedTwoViewBatches:
-    """Two-view batches of image files: workers decode to uint8 (D, D), ``device`` augments.
+    """Two-view batches of image files: workers decode, ``device`` augments.
 
     Args: as :class:`GPUTwoViewBatches`, plus ``num_workers`` (decoding processes) and
-    ``decode_size`` D in pixels (0 = S for S <= 64, else S / 0.875 as the evaluation resize).
-    Crops are taken from the central D x D square of each image.
+    ``decode_size`` D in pixels (0 = S for S <= 64, else S / 0.875 as the evaluation resize):
+    each image is decoded whole with its shorter side D into a (C, C) canvas, C = D x 4/3
+    (an image more elongated than 4:3 is shrunk to fit, still whole), and its crops are drawn
+    from all of it, with the area and aspect distribution of ``RandomResizedCrop`` on the
+    original image.
     """
 
     def __init__(
@@ -207,11 +220,12 @@ class DecodedTwoViewBatches:
     ) -> None:
         s = recipe.image_size
         self.decode_size = decode_size or (s if s <= 64 else round(s / 0.875))
+        self.canvas = math.ceil(self.decode_size * MAX_ASPECT)
         self.device = torch.device(device)
         self.augment = GPUAugment(recipe, solarize_p)
         self.state = _EpochState(len(dataset), batch_size, drop_last, self.device)
         self.loader = DataLoader(
-            DecodedImages(dataset, self.decode_size),
+            DecodedImages(dataset, self.decode_size, self.canvas),
             batch_size=batch_size,
             sampler=_ShardSampler(self.state),
             num_workers=num_workers,
@@ -230,9 +244,9 @@ class DecodedTwoViewBatches:
         return len(self.state)
 
     def __iter__(self) -> Iterator[Batch]:
-        for images, labels in self.loader:
+        for images, extents, labels in self.loader:
             images = images.to(self.device, non_blocking=True)
-            x1, x2 = self.augment.two_views(images, self.state.generator)
+            x1, x2 = self.augment.two_views(images, self.state.generator, extents)
             yield (x1, x2), labels.to(self.device, non_blocking=True)
 
 

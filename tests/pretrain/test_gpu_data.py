@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.augment import ViewRecipe
+from pretrain.augment import ViewRecipe, simclr_transform
 from pretrain.data import DatasetInfo, ImageDataset, load_dataset
 from pretrain.encoders import SmallCNN
 from pretrain.errors import NonFiniteLossError
 from pretrain.gpu_data import (
     DecodedTwoViewBatches,
     GPUTwoViewBatches,
-    decode_fixed_size,
+    decode_whole,
     make_device_batches,
     shard_indices,
 )
@@ -117,13 +117,44 @@ def test_ranks_see_disjoint_shards_that_cover_the_dataset() -> None:
     assert sorted(torch.cat(seen).tolist()) == list(range(64))
 
 
-def test_decode_fixed_size_keeps_the_central_square() -> None:
+def test_decode_whole_keeps_every_column_and_the_aspect_ratio() -> None:
     columns = np.arange(30, dtype=np.uint8) * 8  # a 30 x 10 image whose columns are distinct
     img = Image.fromarray(np.broadcast_to(columns[None, :, None], (10, 30, 3)).copy())
-    out = decode_fixed_size(img, 10)
-    assert out.shape == (3, 10, 10) and out.dtype == torch.uint8
-    assert out[0, 0].tolist() == columns[10:20].tolist()
-    assert decode_fixed_size(img.convert("L"), 5).shape == (3, 5, 5)  # grayscale -> RGB
+    out, extent = decode_whole(img, 10, 14)  # 3:1 does not fit 14 x 14 at height 10: shrunk
+    assert out.shape == (3, 14, 14) and out.dtype == torch.uint8 and extent.tolist() == [5, 14]
+    row = out[0, 0, :14].int()
+    assert row[0] < 20 and row[-1] > 215 and bool((row[1:] >= row[:-1]).all())  # all of it
+    assert out[:, 5:].sum() == 0 and out[:, :, 14:].sum() == 0  # the rest of the canvas is 0
+    square, extent = decode_whole(img.crop((0, 0, 10, 10)), 8, 11)
+    assert extent.tolist() == [8, 8]
+
+
+def _coverage(views: torch.Tensor) -> float:
+    """Share of (N, 3, S, S) views in 0-1 that contain a red or a blue pixel."""
+    red = (views[:, 0] > 0.7) & (views[:, 2] < 0.3)
+    blue = (views[:, 2] > 0.7) & (views[:, 0] < 0.3)
+    return float((red | blue).flatten(1).any(1).float().mean())
+
+
+def test_device_crops_see_the_whole_image_like_random_resized_crop(tmp_path: Path) -> None:
+    """A 512 x 256 image with red and blue outer quarters: the device path used to crop from
+    the central 256 x 256 square only, so 0% of its views held red or blue (CPU: about 80%)."""
+    pixels = np.full((256, 512, 3), 128, np.uint8)
+    pixels[:, :128] = (255, 0, 0)
+    pixels[:, 384:] = (0, 0, 255)
+    path = tmp_path / "wide.png"
+    Image.fromarray(pixels).save(path)
+    raw = ViewRecipe(32, 0.08, 0.5, 0.0, 0.0, False, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    n = 512
+    ds = ImageDataset("wide", [0] * n, ["x"], DatasetInfo("imagenet", 224), files=[path] * n)
+    batches = DecodedTwoViewBatches(ds, raw, batch_size=128, device=CPU, decode_size=64)
+    batches.set_epoch(seed=0, epoch=0)
+    device = torch.cat([torch.cat(views) for views, _ in batches])
+    torch.manual_seed(0)
+    cpu_view = simclr_transform(raw)
+    cpu = torch.stack([cpu_view(Image.open(path).convert("RGB")) for _ in range(600)])
+    assert _coverage(cpu) > 0.7
+    assert abs(_coverage(device) - _coverage(cpu)) < 0.06
 
 
 def _write_flat_images(folder: Path, n: int) -> None:
