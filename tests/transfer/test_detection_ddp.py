@@ -29,4 +29,4 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path, shared_data: Path, data_c
     assert record["settings"]["world_size"] == 2
     assert record["splits"]["test"] == 3
     assert record["settings"]["predicted_images"] == 3  # 2 + 1 on two ranks, all gathered
-    assert math.isfinite(record["metrics"]["det/VOC_AP50"])
+    assert math.isfinite(record["metrics"]["det/voc07_AP50"])

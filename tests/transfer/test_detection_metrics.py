@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from transfer.detection.coco_eval import coco_metrics
-from transfer.detection.evaluate import detection_metrics
+from transfer.detection.evaluate import HEADLINE, detection_metrics
 from transfer.detection.structures import DetectionDataset, ImageRecord
 from transfer.detection.voc_eval import box_iou, voc_ap, voc_metrics
 
@@ -28,7 +28,9 @@ def _dets(boxes: list[np.ndarray], scores: list[float]):
 
 
 def _voc(gt, dets):
-    return voc_metrics([g[:4] for g in gt], dets, num_classes=1)
+    """Per-class APs at IoU 0.5: {"voc07": [...], "area": [...]}."""
+    voc = voc_metrics([g[:4] for g in gt], dets, num_classes=1)
+    return {name: result.per_class[0.5] for name, result in voc.items()}
 
 
 def _coco(gt, dets):
@@ -80,8 +82,9 @@ def test_ignored_boxes_neither_miss_nor_punish() -> None:
 
 def test_no_detections_and_no_positives() -> None:
     voc = voc_metrics([(1, np.stack([A]), np.array([1]), np.array([False]))], [], num_classes=2)
-    assert voc["voc07"][0] == 0.0 and math.isnan(voc["voc07"][1])  # class 2 has no positives
-    assert voc["voc07_mean"] == 0.0  # NaN classes are left out of the mean
+    at50 = voc["voc07"].per_class[0.5]
+    assert at50[0] == 0.0 and math.isnan(at50[1])  # class 2 has no positives
+    assert voc["voc07"].mean_at(0.5) == 0.0  # NaN classes are left out of the mean
     coco = _coco(_gt(), [])
     assert coco["AP"] == 0.0
 
@@ -100,10 +103,33 @@ def test_detection_metrics_maps_labels_to_category_ids_and_percent() -> None:
     preds = [{"index": 0, "image_id": 5, "boxes": np.stack([A, B, B]), "scores": np.array([.9, .8, .7]),
               "labels": np.array([1, 2, 1])}]  # the third is B labelled "cat": a FP for cat
     m = detection_metrics(ds, preds)
-    assert m["det/VOC07_AP50/dog"] == pytest.approx(100.0)
-    assert m["det/VOC07_AP50/cat"] == pytest.approx(100.0)  # the FP ranks after the hit
-    assert m["det/AP50"] == pytest.approx(100.0)
-    assert m["det/VOC_AP50"] == pytest.approx(100.0)
+    assert m["det/voc07_AP50/dog"] == pytest.approx(100.0)
+    assert m["det/voc07_AP50/cat"] == pytest.approx(100.0)  # the FP ranks after the hit
+    assert m["det/coco_AP50"] == pytest.approx(100.0)
+    assert m["det/voc_AP50"] == pytest.approx(100.0)
     swapped = [{**preds[0], "boxes": np.stack([A, B]), "scores": np.array([.9, .8]),
                 "labels": np.array([2, 1])}]
-    assert detection_metrics(ds, swapped)["det/AP50"] == pytest.approx(0.0)
+    assert detection_metrics(ds, swapped)["det/coco_AP50"] == pytest.approx(0.0)
+
+
+def test_the_two_families_differ_on_one_input_and_say_which_is_which() -> None:
+    """A box shifted so that its IoU is 0.6 (a hit up to IoU 0.55, a miss above) and one exact:
+    VOC07 11-point AP at IoU .5:.05:.95 differs from COCO's 101-point AP on the same boxes."""
+    shifted = A + np.array([10.0, 0.0, 10.0, 0.0])  # IoU with A: 40*50 / (2*2500 - 2000) = 2/3
+    rec = ImageRecord(1, Path("x.jpg"), 300, 200, boxes=np.stack([A, B]).astype(np.float32),
+                      labels=np.array([1, 1]), ignore=np.array([False, False]),
+                      areas=np.array([2500.0, 2500.0], np.float32))
+    ds = DetectionDataset("two", [rec], ["cell"], [1])
+    preds = [{"index": 0, "image_id": 1, "boxes": np.stack([shifted, B]),
+              "scores": np.array([0.9, 0.8]), "labels": np.array([1, 1])}]
+    m = detection_metrics(ds, preds)
+    # IoU 2/3 is a hit at thresholds .50-.65 (4 of 10): there both boxes count (AP 1), above
+    # only B: recall .5 at precision .5 (the shifted box ranks first) -> 11-point 6/11 * .5.
+    low, high = 1.0, 6 / 11 * 0.5
+    assert m["det/voc07_AP50"] == pytest.approx(100.0)
+    assert m["det/voc07_AP75"] == pytest.approx(100.0 * high)
+    assert m["det/voc07_AP"] == pytest.approx(100.0 * (4 * low + 6 * high) / 10)
+    coco_high = 51 / 101 * 0.5  # COCO: recall <= .5 at precision .5, 51 of 101 points
+    assert m["det/coco_AP"] == pytest.approx(100.0 * (4 * 1.0 + 6 * coco_high) / 10, abs=0.2)
+    assert abs(m["det/coco_AP"] - m["det/voc07_AP"]) > 1.0  # not the same number
+    assert set(HEADLINE) == {"voc", "coco"} and all(k in m for keys in HEADLINE.values() for k in keys)

@@ -49,8 +49,8 @@ def test_finetune_from_a_run_directory_records_ap(tmp_path: Path, bccd: Path, da
                 "epochs": 1, "pretrain_seed": 0, "batch_size": 256}
     assert {k: record["setup"][k] for k in expected} == expected
     m = record["metrics"]
-    for key in ("det/AP", "det/AP50", "det/AP75", "det/VOC07_AP50", "det/VOC_AP50",
-                "det/VOC07_AP50/RBC", "det/VOC_AP50/Platelets"):
+    for key in ("det/coco_AP", "det/coco_AP50", "det/coco_AP75", "det/voc07_AP", "det/voc07_AP50",
+                "det/voc07_AP75", "det/voc_AP50", "det/voc07_AP50/RBC", "det/voc_AP50/Platelets"):
         assert math.isfinite(m[key]) and 0.0 <= m[key] <= 100.0
     assert record["dataset"] == "voc:det_bccd_voc:test"
     assert record["splits"] == {"train": 8, "test": 4}
@@ -81,9 +81,10 @@ def test_random_init_with_two_seeds_reports_mean_and_std(tmp_path: Path, bccd: P
 
 
 def test_aggregate_mean_and_sample_std() -> None:
-    out = aggregate([{"det/AP50": 10.0, "det/APs": 1.0}, {"det/AP50": 20.0, "det/APs": 3.0}])
-    assert out["det/AP50"] == 15.0 and out["det/AP50_std"] == pytest.approx(7.0710678)
-    assert out["det/APs"] == 2.0 and "det/APs_std" not in out and out["det/n_seeds"] == 2.0
+    out = aggregate([{"det/voc07_AP50": 10.0, "det/coco_APs": 1.0},
+                     {"det/voc07_AP50": 20.0, "det/coco_APs": 3.0}])
+    assert out["det/voc07_AP50"] == 15.0 and out["det/voc07_AP50_std"] == pytest.approx(7.0710678)
+    assert out["det/coco_APs"] == 2.0 and "det/coco_APs_std" not in out and out["det/n_seeds"] == 2.0
 
 
 def _tiny_setup(bccd: Path, data_cache: Path) -> tuple[DetectionDataset, ModelConfig]:

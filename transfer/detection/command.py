@@ -28,14 +28,14 @@ from probes.records import parse_tags
 from transfer.detection import distributed as dist
 from transfer.detection.config import DetectionConfig, resolve_preset
 from transfer.detection.datasets import load_detection_data
-from transfer.detection.evaluate import detection_metrics, predict
+from transfer.detection.evaluate import HEADLINE, detection_metrics, predict
 from transfer.detection.model import make_detector
 from transfer.detection.record import detection_record, record_settings
 from transfer.detection.structures import DetectionDataset
 from transfer.detection.train import CHECKPOINT, train_detector, use_bf16
 from transfer.detection.weights import BackboneSource, load_backbone_source
 
-HEADLINE = ("det/AP", "det/AP50", "det/AP75", "det/VOC07_AP50", "det/VOC_AP50")
+STD_KEYS = frozenset(k for keys in HEADLINE.values() for k in keys)  # both families
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,12 +96,13 @@ def run_seed(cfg: DetectionConfig, source: BackboneSource, train_ds: DetectionDa
 
 
 def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    """Mean over seeds of every key; ``<key>_std`` (ddof=1, 0 for one seed) for headline keys."""
+    """Mean over seeds of every key; ``<key>_std`` (ddof=1, 0 for one seed) for the headline
+    keys of both families."""
     out: dict[str, float] = {}
     for key in per_seed[0]:
         values = np.array([m[key] for m in per_seed], dtype=float)
         out[key] = float(np.mean(values))
-        if key in HEADLINE:
+        if key in STD_KEYS:
             out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     out["det/n_seeds"] = float(len(per_seed))
     return out
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         work_dir, results = output_paths(source, args.output_dir, name, cfg.train.seed)
         return run_detectron2(cfg, source, work_dir, results)
     train_ds, test_ds, data_stats = load_detection_data(cfg.data)
+    headline = HEADLINE[cfg.data.test.format]  # VOC07 family for VOC data, COCO for COCO
     per_seed = []
     for i in range(args.seeds):
         seed = cfg.train.seed + i
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         if not dist.is_main():
             continue
         settings = {**record_settings(seed_cfg), "preset": name, "engine": "torchvision",
+                    "headline": list(headline),
                     "work_dir": str(work_dir), "classes": train_ds.classes, **data_stats,
                     **extras}
         splits = {"train": len(train_ds), "test": len(test_ds)}
@@ -138,13 +141,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                   parse_tags(args.tag))
         append_jsonl(results, record)
         per_seed.append(metrics)
-        shown = ", ".join(f"{k.split('/')[1]} {metrics[k]:.2f}" for k in HEADLINE)
+        shown = ", ".join(f"{k.split('/')[1]} {metrics[k]:.2f}" for k in headline)
         print(f"detection seed {seed_cfg.train.seed}: {shown}  (record: {results})")
     if not per_seed:
         return {}
     summary = aggregate(per_seed)
     if len(per_seed) > 1:
         print("detection mean over seeds: " + ", ".join(
-            f"{k.split('/')[1]} {summary[k]:.2f} ± {summary[k + '_std']:.2f}" for k in HEADLINE
+            f"{k.split('/')[1]} {summary[k]:.2f} ± {summary[k + '_std']:.2f}" for k in headline
         ) + f" (n={len(per_seed)})")
     return summary

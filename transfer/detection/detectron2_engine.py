@@ -130,8 +130,9 @@ def run_detectron2(cfg: DetectionConfig, source: BackboneSource, work_dir: Path,
     trainer.resume_or_load(resume=False)
     trainer.train()
     raw = Trainer.test(d2cfg, trainer.model)["bbox"]
-    # PascalVOCDetectionEvaluator's AP/AP50/AP75 are VOC APs (11-point for 2007), not COCO's.
-    prefix = "det/VOC07_" if is_voc else "det/"
+    # PascalVOCDetectionEvaluator's AP/AP50/AP75 are VOC APs (11-point for 2007), not COCO's:
+    # the names of evaluate.py's two families.
+    prefix = "det/voc07_" if is_voc else "det/coco_"
     metrics = {f"{prefix}{k}": float(v) for k, v in raw.items() if not k.startswith("AP-")}
     settings = {"engine": "detectron2", "detectron2_config": config,
                 "unmapped_keys": mapping.unmapped, "skipped_keys": list(mapping.skipped)}

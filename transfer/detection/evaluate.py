@@ -1,8 +1,16 @@
 """Inference over a test set and the metrics reported as ``det/...`` (in percent, 0-100).
 
-Keys: ``det/AP``, ``det/AP50``, ``det/AP75``, ``det/APs``, ``det/APm``, ``det/APl`` (COCO,
-pycocotools); ``det/VOC07_AP50`` (11-point) and ``det/VOC_AP50`` (area, VOC2010+), each
-also per class as ``det/VOC07_AP50/<class>`` and ``det/VOC_AP50/<class>``. NaN marks a
+Two families, named for what they are (the same letters mean different numbers in each):
+
+* COCO (pycocotools, 101-point interpolation, IoU 0.50:0.05:0.95, max 100 detections):
+  ``det/coco_AP``, ``det/coco_AP50``, ``det/coco_AP75``, ``det/coco_APs|m|l``;
+* VOC (detectron2's ``PascalVOCDetectionEvaluator``, :mod:`.voc_eval`): ``det/voc07_AP`` (mean
+  over IoU 0.50:0.05:0.95 of the 11-point VOC2007 AP), ``det/voc07_AP50``, ``det/voc07_AP75``,
+  and the same with the area AP of VOC2010+: ``det/voc_AP``, ``det/voc_AP50``, ``det/voc_AP75``;
+  per class at IoU 0.5: ``det/voc07_AP50/<class>``, ``det/voc_AP50/<class>``.
+
+:data:`HEADLINE` names the family a benchmark reports: VOC07 for VOC data (MoCo Sec. 4.2 and
+detectron2 report VOC2007 test with the 11-point metric), COCO for COCO data. NaN marks a
 metric that no ground truth defines (e.g. APs without small objects).
 """
 
@@ -55,6 +63,12 @@ def predict(model: nn.Module, dataset: DetectionDataset, device: torch.device, b
     return sorted(dist.gather_objects(out), key=lambda p: p["index"])
 
 
+HEADLINE = {
+    "voc": ("det/voc07_AP", "det/voc07_AP50", "det/voc07_AP75"),
+    "coco": ("det/coco_AP", "det/coco_AP50", "det/coco_AP75"),
+}
+
+
 def _percent(x: float) -> float:
     return 100.0 * x if np.isfinite(x) else float("nan")
 
@@ -68,17 +82,19 @@ def detection_metrics(dataset: DetectionDataset, predictions: list[dict[str, Any
     pred_coco = [(p["image_id"], p["boxes"], p["scores"], to_cat[p["labels"] - 1])
                  for p in predictions]
     categories = list(zip(dataset.category_ids, dataset.classes, strict=True))
-    metrics = {f"det/{k}": _percent(v) for k, v in coco_metrics(images, gt_coco, pred_coco,
-                                                                 categories).items()}
+    metrics = {f"det/coco_{k}": _percent(v) for k, v in coco_metrics(images, gt_coco, pred_coco,
+                                                                      categories).items()}
     voc = voc_metrics(
         [(r.image_id, r.boxes, r.labels, r.ignore) for r in records],
         [(p["image_id"], p["boxes"], p["scores"], p["labels"]) for p in predictions],
         len(dataset.classes),
     )
-    metrics["det/VOC07_AP50"] = _percent(voc["voc07_mean"])  # type: ignore[arg-type]
-    metrics["det/VOC_AP50"] = _percent(voc["area_mean"])  # type: ignore[arg-type]
-    per_class = zip(dataset.classes, voc["voc07"], voc["area"], strict=True)  # type: ignore[arg-type]
-    for name, a07, a10 in per_class:
-        metrics[f"det/VOC07_AP50/{name}"] = _percent(a07)
-        metrics[f"det/VOC_AP50/{name}"] = _percent(a10)
+    for family, name in (("voc07", "voc07"), ("area", "voc")):
+        result = voc[family]
+        metrics[f"det/{name}_AP"] = _percent(result.ap)
+        metrics[f"det/{name}_AP50"] = _percent(result.mean_at(0.5))
+        metrics[f"det/{name}_AP75"] = _percent(result.mean_at(0.75))
+    for k, cls in enumerate(dataset.classes):
+        metrics[f"det/voc07_AP50/{cls}"] = _percent(voc["voc07"].per_class[0.5][k])
+        metrics[f"det/voc_AP50/{cls}"] = _percent(voc["area"].per_class[0.5][k])
     return metrics

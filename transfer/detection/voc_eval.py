@@ -6,17 +6,22 @@ taken, a false positive otherwise; a match to an ``ignore`` (difficult) box coun
 neither. Recall = TP / (non-ignored GT), precision = TP / (TP + FP), cumulated.
 
 * VOC07 11-point AP: mean over t in {0, 0.1, ..., 1} of max precision at recall >= t
-  (the VOC2007 test protocol, used by MoCo's VOC numbers).
+  (the VOC2007 test protocol).
 * Area AP (VOC2010+): area under the monotone precision envelope, summed where recall steps.
 
-Boxes are continuous xyxy without the devkit's "+1" pixel convention (as COCO and
-torchvision); a class with no non-ignored ground truth has no AP (NaN) and is left out of
-the mean.
+Each is computed at the IoU thresholds 0.50, 0.55, ..., 0.95, as detectron2's
+``PascalVOCDetectionEvaluator`` does (the evaluator behind MoCo's and detectron2's VOC numbers):
+its ``AP`` is the mean over those thresholds of the class-mean AP, ``AP50`` and ``AP75`` the
+class means at 0.5 and 0.75. Boxes are continuous 0-based pixel-edge xyxy; with VOC's 1-based
+inclusive corners converted as (x1 - 1, y1 - 1, x2, y2) this is exactly the devkit's "+1"
+arithmetic on the file's numbers (which detectron2 applies after adding 1 to the predictions'
+x1, y1). A class with no non-ignored ground truth has no AP (NaN) and is left out of the mean.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -95,32 +100,54 @@ def voc_class_ap(detections: Sequence[tuple[int, float, np.ndarray]],
     return voc_ap(recall, precision, True), voc_ap(recall, precision, False)
 
 
+IOU_THRESHOLDS = tuple(t / 100 for t in range(50, 100, 5))  # detectron2's VOC evaluator
+
+
+@dataclass(frozen=True)
+class VocResult:
+    """APs (fractions in 0-1) of one metric (VOC07 11-point or area) at every IoU threshold.
+
+    Attributes:
+        per_class: IoU threshold -> AP of each class (NaN for a class without positives).
+    """
+
+    per_class: dict[float, list[float]]
+
+    def mean_at(self, iou: float) -> float:
+        """Class-mean AP at ``iou`` (classes without positives left out)."""
+        valid = [v for v in self.per_class[iou] if not np.isnan(v)]
+        return float(np.mean(valid)) if valid else float("nan")
+
+    @property
+    def ap(self) -> float:
+        """Mean over the IoU thresholds of the class-mean AP (detectron2's VOC ``AP``)."""
+        means = [self.mean_at(t) for t in self.per_class]
+        return float(np.mean(means)) if means else float("nan")
+
+
 def voc_metrics(
     gt: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
     predictions: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
     num_classes: int,
-    iou_thresh: float = 0.5,
-) -> dict[str, list[float] | float]:
-    """Per-class and mean VOC APs (fractions in 0-1).
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+) -> dict[str, VocResult]:
+    """VOC07 11-point and area APs per class at every IoU threshold.
 
     Args:
         gt: per image (image id, boxes (G, 4), labels (G,) in 1..K, ignore (G,)).
         predictions: per image (image id, boxes (D, 4), scores (D,), labels (D,)).
 
     Returns:
-        ``{"voc07": [AP per class], "area": [...], "voc07_mean": m, "area_mean": m}``.
+        ``{"voc07": VocResult, "area": VocResult}``.
     """
-    voc07, area = [], []
+    voc07: dict[float, list[float]] = {t: [] for t in iou_thresholds}
+    area: dict[float, list[float]] = {t: [] for t in iou_thresholds}
     for k in range(1, num_classes + 1):
         truth = {img: (b[lab == k], ig[lab == k]) for img, b, lab, ig in gt}
         dets = [(img, float(s), box) for img, boxes, scores, labels in predictions
                 for box, s, lab in zip(boxes, scores, labels, strict=True) if lab == k]
-        a07, a10 = voc_class_ap(dets, truth, iou_thresh)
-        voc07.append(a07)
-        area.append(a10)
-
-    def mean(values: list[float]) -> float:
-        valid = [v for v in values if not np.isnan(v)]
-        return float(np.mean(valid)) if valid else float("nan")
-
-    return {"voc07": voc07, "area": area, "voc07_mean": mean(voc07), "area_mean": mean(area)}
+        for t in iou_thresholds:
+            a07, a10 = voc_class_ap(dets, truth, t)
+            voc07[t].append(a07)
+            area[t].append(a10)
+    return {"voc07": VocResult(voc07), "area": VocResult(area)}
