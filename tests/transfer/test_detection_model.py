@@ -175,3 +175,40 @@ def test_a_small_image_folder_run_is_fine_tuned_with_its_cifar_statistics(tmp_pa
     detector, _, _ = make_detector(ModelConfig(**TINY), source, num_classes=2)
     assert tuple(detector.transform.image_mean) == CIFAR.mean
     assert tuple(detector.transform.image_std) == CIFAR.std
+
+
+@pytest.mark.parametrize("fpn_norm, kind", [("none", None), ("bn", nn.BatchNorm2d),
+                                             ("gn", nn.GroupNorm)])
+def test_fpn_norm_normalises_every_fpn_conv(fpn_norm: str, kind: type | None) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="fpn", fpn_norm=fpn_norm, **TINY)
+    model, _, _ = make_detector(cfg, load_backbone_source("random", "resnet18"), num_classes=3)
+    fpn = model.backbone.fpn
+    norms = [m for m in fpn.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+    convs = [m for m in fpn.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 8  # 4 lateral 1x1 + 4 output 3x3
+    if kind is None:
+        assert norms == [] and all(c.bias is not None for c in convs)
+    else:
+        assert len(norms) == 8 and all(isinstance(n, kind) for n in norms)
+        assert all(c.bias is None for c in convs)  # a norm follows: no bias, as detectron2
+    model.train()
+    losses = model(*_batch())
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_coco_r50_fpn_preset_normalises_backbone_and_fpn() -> None:
+    from pretrain.config_io import load_config
+    from transfer.detection.config import DetectionConfig, resolve_preset
+    from transfer.detection.detectron2_config import detectron2_config
+
+    cfg = load_config(DetectionConfig, resolve_preset("coco_r50_fpn_1x"))
+    m, t = cfg.model, cfg.train
+    assert (m.arch, m.encoder, m.norm, m.fpn_norm, m.trainable_stages) == (
+        "fpn", "resnet50", "syncbn", "syncbn", 5)
+    assert (t.max_iter, t.batch_size, t.lr, t.steps, t.warmup_iters) == (90000, 16, 0.02,
+                                                                         [60000, 80000], 1000)
+    d2 = detectron2_config(cfg, "resnet50", "fpn", "w.pkl", 80, (0.5,) * 3, (0.2,) * 3)
+    assert d2["MODEL"]["FPN"]["NORM"] == "SyncBN" and d2["MODEL"]["RESNETS"]["NORM"] == "SyncBN"
+    with pytest.raises(ConfigError, match="model.fpn_norm must be one of none, bn, syncbn, gn"):
+        load_config(DetectionConfig, None, ["model.fpn_norm=ln"])

@@ -38,7 +38,8 @@ def test_finetune_from_a_run_directory_records_ap(tmp_path: Path, bccd: Path, da
     run = make_run_dir(tmp_path / "run", encoder="resnet18")
     args = ["detection", "--config", "bccd_r18_fpn", str(run), *FAST,
             f"data.cache_dir={data_cache}", "data.train=[{root: " + str(bccd) + ", split: train}]",
-            "data.test={root: " + str(bccd) + ", split: test}"]
+            "data.test={root: " + str(bccd) + ", split: test}", "model.norm=bn",
+            "eval.precise_bn_iters=2"]
     assert main(args) == 0
     out = capsys.readouterr()
     assert "loaded 120 tensors; missing: none" in out.out
@@ -56,6 +57,7 @@ def test_finetune_from_a_run_directory_records_ap(tmp_path: Path, bccd: Path, da
     assert record["splits"] == {"train": 8, "test": 4}
     assert record["settings"]["train"]["iterations"] == 2
     assert record["settings"]["dropped_train"] == 1
+    assert record["settings"]["precise_bn_batches"] == 2  # trained BNs re-estimated before eval
     log = _records(run / "detection" / "bccd_r18_fpn_s0" / "train_log.jsonl")
     assert log[-1]["iter"] == 2 and all(math.isfinite(r["loss"]) for r in log)
 

@@ -28,6 +28,7 @@ scale than in pretraining; the detection command prints a warning saying so.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -111,14 +112,31 @@ def prepare_resnet(resnet: nn.Module, norm: str, trainable_stages: int, sync: bo
     return frozen
 
 
-def fpn_body(resnet: nn.Module) -> BackboneWithFPN:
-    """res2..res5 -> FPN levels '0'..'3' (strides 4..32) plus 'pool' (stride 64), 256 ch."""
+def fpn_norm_layer(norm: str, sync: bool = False) -> Callable[[int], nn.Module] | None:
+    """The norm after each FPN conv: ``none`` (detectron2's default), ``bn``, ``syncbn``
+    (synchronised when ``sync``: CUDA + torch.distributed; else plain BN) or ``gn`` (32 groups)."""
+    if norm == "none":
+        return None
+    if norm == "gn":
+        return lambda channels: nn.GroupNorm(32, channels)
+    if norm == "syncbn" and sync:
+        return nn.SyncBatchNorm
+    return nn.BatchNorm2d
+
+
+def fpn_body(resnet: nn.Module, norm: str = "none", sync: bool = False) -> BackboneWithFPN:
+    """res2..res5 -> FPN levels '0'..'3' (strides 4..32) plus 'pool' (stride 64), 256 ch.
+
+    ``norm`` normalises every lateral (1x1) and output (3x3) conv of the FPN, whose convs then
+    have no bias, as detectron2's ``MODEL.FPN.NORM`` (MoCo's COCO R50-FPN setting normalises
+    the FPN as well as the backbone)."""
     return BackboneWithFPN(
         resnet,
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
         in_channels_list=stage_channels(resnet),
         out_channels=FPN_CHANNELS,
         extra_blocks=LastLevelMaxPool(),
+        norm_layer=fpn_norm_layer(norm, sync),
     )
 
 

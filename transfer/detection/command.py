@@ -30,9 +30,10 @@ from transfer.detection.config import DetectionConfig, resolve_preset
 from transfer.detection.datasets import load_detection_data
 from transfer.detection.evaluate import HEADLINE, detection_metrics, predict
 from transfer.detection.model import make_detector
+from transfer.detection.precise_bn import update_bn_stats
 from transfer.detection.record import detection_record, record_settings
 from transfer.detection.structures import DetectionDataset
-from transfer.detection.train import CHECKPOINT, train_detector, use_bf16
+from transfer.detection.train import CHECKPOINT, train_detector, training_batches, use_bf16
 from transfer.detection.weights import BackboneSource, load_backbone_source
 
 STD_KEYS = frozenset(k for keys in HEADLINE.values() for k in keys)  # both families
@@ -86,12 +87,16 @@ def run_seed(cfg: DetectionConfig, source: BackboneSource, train_ds: DetectionDa
     stats = train_detector(model, train_ds, t, work_dir, device, resume=resume,
                            num_workers=cfg.data.num_workers)
     bf16 = use_bf16(t.precision, device)
+    precise = update_bn_stats(  # no-op unless eval.precise_bn_iters and trained BNs
+        model, training_batches(train_ds, t, device, t.max_iter, cfg.eval.precise_bn_iters,
+                                cfg.data.num_workers), cfg.eval.precise_bn_iters, bf16)
     preds = predict(model, test_ds, device, cfg.eval.batch_size, cfg.data.num_workers, bf16,
                     t.progress)
     metrics = detection_metrics(test_ds, preds) if dist.is_main() else {}
     extras = {"train": stats, "loaded_tensors": len(report.loaded),
               "missing_keys": report.missing, "ignored_keys": report.ignored,
-              "world_size": dist.world_size(), "bf16": bf16, "predicted_images": len(preds)}
+              "world_size": dist.world_size(), "bf16": bf16, "predicted_images": len(preds),
+              "precise_bn_batches": precise}
     return metrics, extras, device.type
 
 

@@ -15,6 +15,7 @@ from pretrain.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
 NORMS = ("frozen_bn", "bn", "syncbn", "gn")
+FPN_NORMS = ("none", "bn", "syncbn", "gn")
 ARCHS = ("fpn", "c4")
 FORMATS = ("voc", "coco")
 
@@ -47,6 +48,7 @@ class ModelConfig:
     norm: str = "frozen_bn"  # frozen_bn | bn | syncbn | gn  (backbone normalisation)
     trainable_stages: int = 3  # 0-5 from res5 down; detectron2 FREEZE_AT = 5 - this
     res5_extra_norm: bool = False  # c4: a norm after res5 (MoCo's Res5ROIHeadsExtraNorm)
+    fpn_norm: str = "none"  # fpn: none | bn | syncbn | gn after every FPN conv (detectron2 FPN.NORM)
     min_size_train: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
     min_size_test: int = 800  # shorter side in pixels at test time
     max_size: int = 1333  # longer side cap in pixels (train and test)
@@ -82,6 +84,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 4  # images per inference batch
+    # Precise BN before evaluation: trained BNs' statistics re-estimated over this many training
+    # batches (detectron2 TEST.PRECISE_BN, NUM_ITER 200; on in MoCo's VOC C4 protocol); 0 = off
+    precise_bn_iters: int = 0
 
 
 @dataclass
@@ -113,6 +118,7 @@ def check_config(cfg: DetectionConfig) -> None:
     m, t = cfg.model, cfg.train
     _choice(m.arch, ARCHS, "model.arch")
     _choice(m.norm, NORMS, "model.norm")
+    _choice(m.fpn_norm, FPN_NORMS, "model.fpn_norm")
     _choice(t.precision, ("auto", "bf16", "fp32"), "train.precision")
     if not 0 <= m.trainable_stages <= 5:
         raise ConfigError(f"model.trainable_stages must be in 0..5, got {m.trainable_stages}")
@@ -127,6 +133,8 @@ def check_config(cfg: DetectionConfig) -> None:
         raise ConfigError("train.max_iter, train.batch_size and train.lr must be positive")
     if sorted(t.steps) != list(t.steps) or any(s < 1 for s in t.steps):
         raise ConfigError(f"train.steps must be increasing positive iterations, got {t.steps}")
+    if cfg.eval.precise_bn_iters < 0:
+        raise ConfigError(f"eval.precise_bn_iters must be >= 0, got {cfg.eval.precise_bn_iters}")
     if t.checkpoint_every < 1 or t.log_every < 1 or cfg.eval.batch_size < 1:
         raise ConfigError("train.checkpoint_every, train.log_every, eval.batch_size must be >= 1")
     if not 0.0 <= t.hflip_prob <= 1.0:

@@ -57,7 +57,8 @@ def detectron2_config(
     if arch == "fpn":
         model["BACKBONE"]["NAME"] = "build_resnet_fpn_backbone"
         resnets["OUT_FEATURES"] = ["res2", "res3", "res4", "res5"]
-        model["FPN"] = {"IN_FEATURES": ["res2", "res3", "res4", "res5"]}
+        model["FPN"] = {"IN_FEATURES": ["res2", "res3", "res4", "res5"],
+                        "NORM": "" if m.fpn_norm == "none" else D2_NORMS[m.fpn_norm]}
         model["ANCHOR_GENERATOR"] = {"SIZES": [[32], [64], [128], [256], [512]],
                                      "ASPECT_RATIOS": [[0.5, 1.0, 2.0]]}
         model["RPN"] = {"IN_FEATURES": ["p2", "p3", "p4", "p5", "p6"],
@@ -89,7 +90,9 @@ def detectron2_config(
                    "STEPS": list(t.steps), "GAMMA": t.gamma, "MAX_ITER": t.max_iter,
                    "WARMUP_ITERS": t.warmup_iters, "WARMUP_FACTOR": t.warmup_factor,
                    "CHECKPOINT_PERIOD": t.checkpoint_every},
-        "TEST": {"DETECTIONS_PER_IMAGE": m.detections_per_image},
+        "TEST": {"DETECTIONS_PER_IMAGE": m.detections_per_image,
+                 "PRECISE_BN": {"ENABLED": cfg.eval.precise_bn_iters > 0,
+                                "NUM_ITER": cfg.eval.precise_bn_iters or 200}},
         "SEED": t.seed,
         "VERSION": 2,
     }

@@ -79,6 +79,8 @@ def build_detector(
     score_thresh: float = 0.05,
     detections_per_image: int = 100,
     res5_extra_norm: nn.Module | None = None,
+    fpn_norm: str = "none",
+    sync_bn: bool = False,
 ) -> FasterRCNN:
     """Faster R-CNN around a prepared torchvision ResNet (see :mod:`.backbone`).
 
@@ -88,6 +90,8 @@ def build_detector(
         num_classes: object classes K, without background (the predictor has K + 1 outputs).
         proposals_test: RPN proposals kept per image at test time (detectron2: 1000).
         res5_extra_norm: c4 only, a norm module over C5 channels appended after res5.
+        fpn_norm: fpn only, the norm after each FPN conv (see :func:`.backbone.fpn_body`);
+            ``sync_bn`` makes ``syncbn`` synchronised.
     """
     common = dict(
         box_batch_size_per_image=roi_batch_size,
@@ -96,7 +100,7 @@ def build_detector(
     )
     if arch == "fpn":
         model = FasterRCNN(
-            fpn_body(resnet),
+            fpn_body(resnet, fpn_norm, sync_bn),
             num_classes=num_classes + 1,
             rpn_pre_nms_top_n_train=2000,
             rpn_pre_nms_top_n_test=1000,
@@ -165,6 +169,8 @@ def make_detector(cfg: ModelConfig, source: BackboneSource, num_classes: int,
         score_thresh=cfg.score_thresh,
         detections_per_image=cfg.detections_per_image,
         res5_extra_norm=extra,
+        fpn_norm=cfg.fpn_norm,
+        sync_bn=sync_bn,
     )
     if frozen:
         notes.append(f"frozen stages: {', '.join(frozen)}")

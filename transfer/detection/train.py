@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +60,19 @@ def _to_device(images: list, targets: list, device: torch.device) -> tuple[list,
     return images, targets
 
 
+def augment_batch(images: list, targets: list, hflip_prob: float,
+                  device: torch.device) -> tuple[list, list]:
+    """Random horizontal flips (torch's RNG), then to ``device``: a training batch."""
+    pairs = [hflip(im, t) if torch.rand(()) < hflip_prob else (im, t)
+             for im, t in zip(images, targets, strict=True)]
+    return _to_device([p[0] for p in pairs], [p[1] for p in pairs], device)
+
+
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: list, targets: list,
                lr: float, hflip_prob: float, device: torch.device, bf16: bool,
                iteration: int) -> dict[str, float]:
     """One SGD step on a batch (random flips from torch's RNG); returns the loss terms."""
-    pairs = [hflip(im, t) if torch.rand(()) < hflip_prob else (im, t)
-             for im, t in zip(images, targets, strict=True)]
-    images, targets = _to_device([p[0] for p in pairs], [p[1] for p in pairs], device)
+    images, targets = augment_batch(images, targets, hflip_prob, device)
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -169,3 +175,21 @@ def train_detector(
         "train_wall_s": wall,
         "images_per_s": trained * cfg.batch_size / wall if wall > 0 else 0.0,
     }
+
+
+def training_batches(dataset: DetectionDataset, cfg: TrainConfig, device: torch.device,
+                     first: int, count: int, num_workers: int = 0) -> Iterator[tuple[list, list]]:
+    """Training batches ``first .. first + count - 1`` of the image stream, augmented as in
+    training and reproducible (each iteration reseeds the flips): what Precise BN reads after
+    the last iteration."""
+    world, rank = dist.world_size(), dist.rank()
+    loader = DataLoader(
+        dataset,
+        batch_sampler=IterationSampler(len(dataset), cfg.batch_size, cfg.seed, first, first + count,
+                                       rank, world),
+        collate_fn=collate,
+        num_workers=num_workers,
+    )
+    for it, (images, targets) in enumerate(loader, start=first):
+        torch.manual_seed(iteration_seed(cfg.seed, it, rank))
+        yield augment_batch(images, targets, cfg.hflip_prob, device)
