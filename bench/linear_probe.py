@@ -37,6 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from pretrain.augment import eval_transform
+from pretrain.config import DEFAULT_CACHE_DIR
 from pretrain.data import load_dataset
 from pretrain.distributed import resolve_device
 from pretrain.encoders import build_encoder
@@ -57,7 +58,7 @@ def parse_args() -> argparse.Namespace:
                    "a random small_cnn)")
     p.add_argument("--tap", default="h")
     p.add_argument("--data-root", default="", help="cifar10.tar.xz or its folder")
-    p.add_argument("--cache-dir", default=".cache/simclr-transfer")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     p.add_argument("--device", default="auto", help="device for our solver and extraction")
     p.add_argument("--solver", default="auto", help="auto (batched on CUDA, sequential on CPU), "
                    "sequential or batched")

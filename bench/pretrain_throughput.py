@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pretrain.augment import ViewRecipe, resolve_recipe
-from pretrain.config import AugmentConfig, ModelConfig, OptimConfig
+from pretrain.config import DEFAULT_CACHE_DIR, AugmentConfig, ModelConfig, OptimConfig
 from pretrain.data import DatasetInfo, ImageDataset, load_dataset
 from pretrain.distributed import resolve_device
 from pretrain.encoders import encoder_names
@@ -43,7 +43,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared with bench/time_to_accuracy.py."""
     p.add_argument("--dataset", default="cifar10", help="cifar10 | digits | random (uint8 noise)")
     p.add_argument("--data-root", default="", help="cifar10.tar.xz or folder ('' = ../shared/data)")
-    p.add_argument("--cache-dir", default=".cache/simclr-transfer")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     p.add_argument("--limit", type=int, default=0, help="a seeded random subset of N images (0 = all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--encoder", default="resnet18", help=f"one of {encoder_names()}")

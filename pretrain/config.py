@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 
 from pretrain.errors import ConfigError
 
+DEFAULT_CACHE_DIR = ".cache/simclr-transfer"  # archives are extracted, features cached, here
+
 
 @dataclass
 class DataConfig:
     name: str = "digits"  # digits | cifar10 | imagefolder:<path>  (see pretrain.data.DATASETS)
     root: str = ""  # archive or folder for cifar10; "" = look in ../shared/data, then download
-    cache_dir: str = ".cache/simclr-transfer"  # where archives are extracted once
+    cache_dir: str = DEFAULT_CACHE_DIR  # where archives are extracted once
     split: str = "train"
     num_workers: int = 0  # DataLoader workers for the CPU augmentation path
     limit: int = 0  # a fixed seeded random subset of N images (0 = all); for smoke tests

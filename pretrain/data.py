@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from pretrain.config import DEFAULT_CACHE_DIR
 from pretrain.errors import DataError
 from pretrain.registry import Registry
 
@@ -333,7 +334,7 @@ def load_dataset(
     name: str,
     split: str = "train",
     root: str = "",
-    cache_dir: str = ".cache/simclr-transfer",
+    cache_dir: str = DEFAULT_CACHE_DIR,
     limit: int = 0,
 ) -> ImageDataset:
     """Load dataset ``name`` (``digits``, ``cifar10``, ``imagefolder:<path>``) at ``split``."""

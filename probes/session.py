@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pretrain.augment import PRESETS, ViewRecipe, eval_transform, get_preset, resolve_recipe
-from pretrain.config import AugmentConfig
+from pretrain.config import DEFAULT_CACHE_DIR, AugmentConfig
 from pretrain.data import ARCHIVE_SUFFIXES, DatasetInfo, ImageDataset, load_dataset
 from pretrain.distributed import is_main_process, resolve_device
 from pretrain.errors import DataError, UserError
@@ -45,7 +45,6 @@ from probes.records import (
 )
 
 log = logging.getLogger("simclr_transfer.probes")
-DEFAULT_CACHE_DIR = ".cache/simclr-transfer"
 
 
 @dataclass(kw_only=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pretrain.config import DEFAULT_CACHE_DIR
 from pretrain.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
@@ -35,7 +36,7 @@ class DataConfig:
     train: list[DatasetSpec] = field(default_factory=lambda: [DatasetSpec(split="trainval")])
     test: DatasetSpec = field(default_factory=lambda: DatasetSpec(split="test"))
     classes: list[str] = field(default_factory=list)  # voc: [] = sorted names found in train
-    cache_dir: str = ".cache/simclr-transfer"  # archives are extracted here once
+    cache_dir: str = DEFAULT_CACHE_DIR  # archives are extracted here once
     num_workers: int = 2  # DataLoader workers (image decoding only; augmentation is seeded)
     limit_train: int = 0  # use only the first N training images (0 = all); smoke tests
     limit_test: int = 0  # evaluate on the first N test images (0 = all); smoke tests
