@@ -38,7 +38,7 @@ from pretrain.train import train
 from probes.registry import EVALUATORS, run_command
 from transfer.records import Filter, load_records
 from transfer.table_formats import render
-from transfer.tables import TableRequest, make_table
+from transfer.tables import TableRequest, make_table, parse_compare, parse_fields
 
 
 @dataclass
@@ -209,16 +209,12 @@ def describe_plan(suite: SuiteConfig) -> list[str]:
 
 def table_request(suite: SuiteConfig, spec: TableSpec) -> TableRequest:
     """One of the suite's tables as the table builder's request (records of this suite only)."""
-    compare = []
-    if spec.compare:
-        a, _, b = spec.compare.partition(",")
-        compare.append((a.strip(), b.strip()))
     return TableRequest(
-        rows=[f.strip() for f in spec.rows.split(",") if f.strip()],
-        cols=[f.strip() for f in spec.cols.split(",") if f.strip()],
+        rows=parse_fields(spec.rows),
+        cols=parse_fields(spec.cols),
         metrics=[spec.metric] if spec.metric else [],
         filters=[Filter.parse(f"tags.suite={suite.name}"), *map(Filter.parse, spec.filter)],
-        compare=compare,
+        compare=[parse_compare(spec.compare)] if spec.compare else [],
     )
 
 

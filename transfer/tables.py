@@ -116,6 +116,19 @@ class Table:
         raise UserError(f"no row {label!r}; rows: {', '.join(self.label(r) for r in self.rows)}")
 
 
+def parse_fields(text: str) -> list[str]:
+    """``"head, tap"`` -> ``["head", "tap"]``: a comma-separated list of fields."""
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def parse_compare(spec: str) -> tuple[str, str]:
+    """``"mlp-2,linear"`` -> ``("mlp-2", "linear")``; anything but two labels is a UserError."""
+    names = [s.strip() for s in spec.split(",")]
+    if len(names) != 2 or not all(names):
+        raise UserError(f"--compare takes two row labels, ROW_A,ROW_B; got {spec!r}")
+    return names[0], names[1]
+
+
 @dataclass(frozen=True)
 class TableRequest:
     """What ``simclr-transfer table`` (or a suite) asks for; see :func:`make_table`.

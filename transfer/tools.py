@@ -18,19 +18,13 @@ from probes.registry import Evaluator
 from transfer.records import Filter, apply_filters, find_runs, load_records
 from transfer.stats import DEFAULT_RESAMPLES
 from transfer.table_formats import TABLE_FORMATS
-from transfer.tables import LOWER_IS_BETTER, TableRequest, make_table
-
-
-def _fields(text: str) -> list[str]:
-    return [f.strip() for f in text.split(",") if f.strip()]
-
-
-def parse_compare(spec: str) -> tuple[str, str]:
-    """``"mlp-2,linear"`` -> ``("mlp-2", "linear")``; anything but two labels is a UserError."""
-    names = [s.strip() for s in spec.split(",")]
-    if len(names) != 2 or not all(names):
-        raise UserError(f"--compare takes two row labels, ROW_A,ROW_B; got {spec!r}")
-    return names[0], names[1]
+from transfer.tables import (
+    LOWER_IS_BETTER,
+    TableRequest,
+    make_table,
+    parse_compare,
+    parse_fields,
+)
 
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
@@ -68,7 +62,7 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
 def table_request(args: argparse.Namespace) -> TableRequest:
     """The :class:`~transfer.tables.TableRequest` of ``simclr-transfer table`` arguments."""
     return TableRequest(
-        rows=_fields(args.rows), cols=_fields(args.cols), metrics=list(args.metric),
+        rows=parse_fields(args.rows), cols=parse_fields(args.cols), metrics=list(args.metric),
         filters=[Filter.parse(f) for f in args.filter],
         lower_is_better=(*LOWER_IS_BETTER, *args.lower_is_better),
         compare=[parse_compare(spec) for spec in args.compare],
