@@ -69,10 +69,8 @@ def augment_batch(images: list, targets: list, hflip_prob: float,
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: list, targets: list,
-               lr: float, hflip_prob: float, device: torch.device, bf16: bool,
-               iteration: int) -> dict[str, float]:
-    """One SGD step on a batch (random flips from torch's RNG); returns the loss terms."""
-    images, targets = augment_batch(images, targets, hflip_prob, device)
+               lr: float, device: torch.device, bf16: bool, iteration: int) -> dict[str, float]:
+    """One SGD step on an augmented batch on ``device``; returns the loss terms."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -104,7 +102,7 @@ def train_detector(
         on_step: called after each iteration (and after its checkpoint, if any) with the
             1-based iteration count and its losses; tests use it to interrupt a run.
     """
-    world, rank = dist.world_size(), dist.rank()
+    world = dist.world_size()
     if cfg.batch_size % world:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is not divisible by {world} processes")
     model.to(device)
@@ -128,14 +126,7 @@ def train_detector(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=IterationSampler(len(dataset), cfg.batch_size, cfg.seed, start, cfg.max_iter,
-                                       rank, world),
-        collate_fn=collate,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    batches = training_batches(dataset, cfg, device, start, cfg.max_iter - start, num_workers)
     bf16 = use_bf16(cfg.precision, device)
     net.train()
     window: list[float] = []
@@ -143,10 +134,8 @@ def train_detector(
     bar = tqdm(total=cfg.max_iter, initial=start, desc="detection", unit="it",
                disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
     try:
-        for it, (images, targets) in enumerate(loader, start=start):
-            torch.manual_seed(iteration_seed(cfg.seed, it, rank))
-            terms = train_step(net, optimizer, images, targets, lrs[it], cfg.hflip_prob, device,
-                               bf16, it + 1)
+        for it, (images, targets) in enumerate(batches, start=start):
+            terms = train_step(net, optimizer, images, targets, lrs[it], device, bf16, it + 1)
             window.append(sum(terms.values()))
             done = it + 1
             bar.update(1)
@@ -179,9 +168,11 @@ def train_detector(
 
 def training_batches(dataset: DetectionDataset, cfg: TrainConfig, device: torch.device,
                      first: int, count: int, num_workers: int = 0) -> Iterator[tuple[list, list]]:
-    """Training batches ``first .. first + count - 1`` of the image stream, augmented as in
-    training and reproducible (each iteration reseeds the flips): what Precise BN reads after
-    the last iteration."""
+    """Training batches ``first .. first + count - 1`` of the image stream, augmented and on
+    ``device``: each iteration reseeds torch's RNG from (seed, iteration, rank) before its flips,
+    so the stream (and the RPN/ROI sampling that follows in the step) does not depend on where
+    training was resumed. The training loop reads iterations ``start .. max_iter - 1``, Precise
+    BN the ones after the last."""
     world, rank = dist.world_size(), dist.rank()
     loader = DataLoader(
         dataset,
@@ -189,6 +180,7 @@ def training_batches(dataset: DetectionDataset, cfg: TrainConfig, device: torch.
                                        rank, world),
         collate_fn=collate,
         num_workers=num_workers,
+        pin_memory=device.type == "cuda",
     )
     for it, (images, targets) in enumerate(loader, start=first):
         torch.manual_seed(iteration_seed(cfg.seed, it, rank))
