@@ -4,7 +4,7 @@ The same distribution as :func:`pretrain.augment.simclr_transform` (torchvision)
 image of a batch is augmented at once by a handful of kernels, so the views can be made on the
 GPU from uint8 images that already live there:
 
-1. random resized crop + horizontal flip: one affine map per image, sampled exactly like
+1. random resized crop + horizontal flip: one box per image, sampled exactly like
    ``T.RandomResizedCrop.get_params`` (area fraction uniform in [scale_min, 1], log-uniform
    aspect ratio in [3/4, 4/3], 10 tries, then the central-crop fallback), applied with
    bilinear ``F.grid_sample`` at ``TF.resized_crop``'s sample points (strictly inside the box);

@@ -92,12 +92,12 @@ def read_checkpoint(state: dict[str, Any], where: str | Path) -> RunCheckpoint:
                               f"{CHECKPOINT_FORMAT!r}")
     if not is_run_checkpoint(state):
         raise CheckpointError(f"{where} is not a simclr-pretrain checkpoint (no 'encoder' weights)")
-    legacy_step = (state.get("scheduler") or {}).get("step", 0)  # the first release's layout
+    legacy = state.get("scheduler") or {}  # the first release kept step and total_steps here
     return RunCheckpoint(
         encoder=dict(state["encoder"]),
         head=dict(state.get("head") or {}),
-        state=RunState(epoch=int(state["epoch"]), step=int(state.get("step", legacy_step))),
-        total_steps=int(state.get("total_steps", (state.get("scheduler") or {}).get("total_steps", 0))),
+        state=RunState(epoch=int(state["epoch"]), step=int(state.get("step", legacy.get("step", 0)))),
+        total_steps=int(state.get("total_steps", legacy.get("total_steps", 0))),
         optimizer=state.get("optimizer"),
     )
 
