@@ -130,8 +130,8 @@ def load_encoder_weights(
     Sequential backbone) are read as the child of ``net`` at that position.
     """
     children = [name for name, _ in net.named_children()]
-    original = dict(zip(rename_sequential_keys(sd, children), sd, strict=True))
-    mapped = rename_sequential_keys(sd, children)  # our name -> tensor
+    mapped = rename_sequential_keys(sd, children)  # our name -> tensor, in the order of sd
+    original = dict(zip(mapped, sd, strict=True))  # our name -> the name in the file
     new_state, used, missing, wrong = {}, set(), [], []
     for key, ref in net.state_dict().items():
         if key in mapped and mapped[key].shape == ref.shape:
