@@ -1,9 +1,12 @@
-"""Shared fixtures: a tiny run directory built without training, the shared data folder, and a
-guard that the test session writes nothing into the checkout."""
+"""Shared fixtures: a tiny run directory built without training, the shared data folder,
+detectron2 (vendored or installed), and a guard that the test session writes nothing into the
+checkout."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,3 +110,42 @@ def checkout_stays_clean() -> Iterator[None]:
     if new:
         pytest.fail(f"{len(new)} file(s) appeared in the checkout during the tests (tests must "
                     f"write under tmp_path): {', '.join(new[:5])}")
+
+
+DETECTRON2_MISSING = (
+    "detectron2 is not importable and its vendored sources (../shared/vendor/detectron2-src) "
+    "are absent; install detectron2 from its repository (pip install "
+    "'git+https://github.com/facebookresearch/detectron2.git') and its dependencies "
+    "(pip install -e '.[test]') to run this test")
+
+
+def vendored_detectron2() -> Path | None:
+    """``../shared/vendor/detectron2-src`` (detectron2's Python package), where it exists."""
+    return next((d.parent / "vendor" / "detectron2-src" for d in shared_data_dirs()
+                 if (d.parent / "vendor" / "detectron2-src" / "detectron2").is_dir()), None)
+
+
+def detectron2_path() -> list[Path]:
+    """What PYTHONPATH needs for ``import detectron2``: the vendored folder, or nothing when
+    detectron2 is installed; skips the test when neither is there."""
+    src = vendored_detectron2()
+    if src is not None:
+        return [src]
+    if importlib.util.find_spec("detectron2") is not None:
+        return []
+    pytest.skip(DETECTRON2_MISSING)
+
+
+@pytest.fixture(scope="module")
+def detectron2_importable() -> Iterator[None]:
+    """detectron2 importable in this process (the vendored sources on sys.path while the module
+    runs); a failing import of an existing copy fails the test, it never skips."""
+    paths = [str(p) for p in detectron2_path()]
+    sys.path[:0] = paths
+    try:
+        import detectron2.engine  # noqa: F401
+    except ImportError as exc:  # its pure-Python dependencies come with the [test] extras
+        pytest.fail(f"detectron2 ({paths or 'installed'}) does not import: {exc}")
+    yield
+    for p in paths:
+        sys.path.remove(p)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,13 +65,19 @@ def test_bad_values_and_sources(voc: Path, data_cache: Path, capsys: pytest.Capt
     _one_line_error(capsys, "backbone source not found")
 
 
-def test_detectron2_engine_without_detectron2(capsys: pytest.CaptureFixture) -> None:
-    if importlib.util.find_spec("detectron2") is not None:
-        pytest.skip("detectron2 is installed here")
+def test_detectron2_engine_without_detectron2(capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine without detectron2, even where this session can import it."""
+    import transfer.detection
+
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # import detectron2 -> ImportError
+    monkeypatch.delitem(sys.modules, "transfer.detection.detectron2_engine", raising=False)
+    monkeypatch.delattr(transfer.detection, "detectron2_engine", raising=False)
     args = ["detection", "--config", "bccd_r18_fpn", "--engine", "detectron2", "random",
             "model.encoder=resnet18"]
     assert main(args) == 2
-    _one_line_error(capsys, "needs detectron2", "pip install")
+    _one_line_error(capsys, "needs detectron2, but detectron2 is not installed", "pip install",
+                    "github.com/facebookresearch/detectron2")
 
 
 def test_list_shows_detection_and_export(capsys: pytest.CaptureFixture) -> None:

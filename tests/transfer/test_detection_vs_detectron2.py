@@ -8,8 +8,6 @@ The same predictions on 50 images of the BCCD test split (3 classes) go through
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +15,6 @@ import numpy as np
 import pytest
 from detection_helpers import bccd_root, make_voc
 
-from pretrain.data import shared_data_dirs
 from transfer.detection.evaluate import detection_metrics
 from transfer.detection.structures import BoxReport, DetectionDataset
 from transfer.detection.voc import find_voc_folder, read_voc, voc_records
@@ -26,19 +23,11 @@ CLASSES = ["RBC", "WBC", "Platelets"]
 
 
 @pytest.fixture(scope="module")
-def detectron2() -> Iterator[ModuleType]:
-    """detectron2's VOC evaluation module, imported from the vendored sources."""
-    src = next((d.parent / "vendor" / "detectron2-src" for d in shared_data_dirs()
-                if (d.parent / "vendor" / "detectron2-src" / "detectron2").is_dir()), None)
-    if src is None:
-        pytest.skip("detectron2 sources not found (../shared/vendor/detectron2-src)")
-    sys.path.insert(0, str(src))
-    try:
-        import detectron2.evaluation.pascal_voc_evaluation as voc_module
-    except ImportError as exc:  # its pure-Python dependencies come with the [test] extras
-        pytest.fail(f"detectron2 from {src} does not import: {exc}")
-    yield voc_module
-    sys.path.remove(str(src))
+def detectron2(detectron2_importable: None) -> ModuleType:
+    """detectron2's VOC evaluation module (the vendored sources, or an installed detectron2)."""
+    import detectron2.evaluation.pascal_voc_evaluation as voc_module
+
+    return voc_module
 
 
 def _predictions(dataset: DetectionDataset, seed: int = 0) -> list[dict]:

@@ -18,7 +18,9 @@ Modules, one concept each:
 * ``distributed``   torchrun/DDP helpers, no-ops in a single process
 * ``voc_eval``, ``coco_eval``, ``evaluate``   metrics and inference
 * ``record``        the result record (settings; ``probes.records.make_record``)
-* ``command``       the ``simclr-transfer detection`` wrapper (config, seeds, one record per seed)
+* ``command``       the ``simclr-transfer detection`` wrapper (config, engine, seeds, one record
+                    per seed for either engine)
 * ``detectron2_weights``, ``detectron2_config``   our ResNet keys <-> detectron2's, its config
-* ``detectron2_engine``  the optional detectron2 path (only when detectron2 is importable)
+* ``detectron2_engine``  ``--engine detectron2``: detectron2's Faster R-CNN, trainer and hooks
+                         on the shared data, metrics and records (imported only for that engine)
 """

@@ -1,9 +1,10 @@
 """``simclr-transfer detection --config PRESET [options] SOURCE [key=value ...]``: the wrapper.
 
 Reads the config, resolves the backbone source and the data, then for each seed builds the
-detector, fine-tunes it (:func:`.train.train_detector`), evaluates the final model on the
+detector, fine-tunes it (:func:`.train.train_detector`, or detectron2's trainer with
+``--engine detectron2``: :mod:`.detectron2_engine`), evaluates the final model on the
 test split (never a best checkpoint) and appends one record per seed to ``results.jsonl``
-(:mod:`.record`):
+(:mod:`.record`), the same record for both engines:
 the run directory's for a run source, ``--output-dir``'s otherwise. With ``--seeds N`` the
 returned metrics are the mean over N seeds and ``<key>_std`` the sample standard deviation
 (MoCo reports the mean of 5 trials).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="repeat with seeds seed..seed+N-1")
     p.add_argument("--output-dir", default="", help="work folders (and records, for non-run sources)")
     p.add_argument("--resume", action="store_true", help="continue from the work folder's checkpoint")
-    p.add_argument("--engine", choices=["torchvision", "detectron2"], default="torchvision")
+    p.add_argument("--engine", choices=["torchvision", "detectron2"], default="torchvision",
+                   help="whose Faster R-CNN and trainer: torchvision's (default) or detectron2's "
+                        "(needs detectron2 installed; same data, metrics and records)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="stored in the records' tags (repeatable), e.g. a suite cell")
@@ -113,6 +117,30 @@ def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+INSTALL = ("detectron2 is installed from its repository (it is not on PyPI): "
+           "pip install 'git+https://github.com/facebookresearch/detectron2.git' (needs a C++ "
+           "compiler; https://detectron2.readthedocs.io/en/latest/tutorials/install.html)")
+
+SeedRunner = Callable[[DetectionConfig, BackboneSource, DetectionDataset, DetectionDataset, Path,
+                       bool], tuple[dict, dict, str]]
+
+
+def engine_runner(engine: str, cfg: DetectionConfig, resume: bool) -> SeedRunner:
+    """The per-seed function of ``engine`` (:func:`run_seed` or detectron2's counterpart),
+    after checking the engine can honour ``cfg`` and ``resume``."""
+    if engine == "torchvision":
+        return run_seed
+    try:
+        from transfer.detection import detectron2_engine
+    except ImportError as exc:
+        top = (exc.name or str(exc)).split(".")[0]
+        what = top if top == "detectron2" else f"{top} (a detectron2 dependency)"
+        raise ConfigError(f"--engine detectron2 needs detectron2, but {what} is not installed; "
+                          f"{INSTALL}; or use the default --engine torchvision") from None
+    detectron2_engine.check_options(cfg, resume)
+    return detectron2_engine.run_seed
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     cfg_path = resolve_preset(args.config)
     cfg = load_config(DetectionConfig, cfg_path, args.overrides)
@@ -120,11 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     source = load_backbone_source(args.source, cfg.model.encoder)
-    if args.engine == "detectron2":
-        from transfer.detection.detectron2_engine import run_detectron2
-
-        work_dir, results = output_paths(source, args.output_dir, name, cfg.train.seed)
-        return run_detectron2(cfg, source, work_dir, results)
+    run_one = engine_runner(args.engine, cfg, args.resume)
     train_ds, test_ds, data_stats = load_detection_data(cfg.data)
     headline = HEADLINE[cfg.data.test.format]  # VOC07 family for VOC data, COCO for COCO
     per_seed = []
@@ -133,10 +157,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         seed_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
         work_dir, results = output_paths(source, args.output_dir, name, seed_cfg.train.seed)
         start = time.perf_counter()
-        metrics, extras, device = run_seed(seed_cfg, source, train_ds, test_ds, work_dir, args.resume)
+        metrics, extras, device = run_one(seed_cfg, source, train_ds, test_ds, work_dir, args.resume)
         if not dist.is_main():
             continue
-        settings = {**record_settings(seed_cfg), "preset": name, "engine": "torchvision",
+        settings = {**record_settings(seed_cfg), "preset": name, "engine": args.engine,
                     "headline": list(headline),
                     "work_dir": str(work_dir), "classes": train_ds.classes, **data_stats,
                     **extras}

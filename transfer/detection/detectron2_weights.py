@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretrain.errors import CheckpointError
+from transfer.detection.weights import BackboneSource
+
 NORM_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(.+)$")
 _BLOCK_D2 = re.compile(r"^res([2-5])\.(\d+)\.(.+)$")
@@ -122,6 +125,32 @@ def to_detectron2(state: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray]
     """detectron2-named NumPy arrays of a torchvision ResNet state dict, and the mapping."""
     mapping = map_keys(list(state))
     arrays = {d2: state[tv].detach().cpu().numpy() for tv, d2 in mapping.mapped.items()}
+    return arrays, mapping
+
+
+def detectron2_backbone(source: BackboneSource) -> tuple[dict[str, np.ndarray], KeyMapping]:
+    """detectron2-named arrays of ``source``'s backbone, for the export and the engine alike.
+
+    Raises :class:`CheckpointError` (nothing is written) for what detectron2's ResNet cannot
+    hold: no weights (``random``), a CIFAR stem (detectron2's ``BasicStem`` is 7x7), keys
+    inside the encoder that are no ResNet's, or keys no rule maps.
+    """
+    if source.state_dict is None:
+        raise CheckpointError("'random' has no weights to convert; give a run directory or a "
+                              "weights file")
+    if source.cifar_stem:
+        raise CheckpointError(f"{source.path} was pretrained with a CIFAR stem (3x3 conv1); "
+                              "detectron2's BasicStem is 7x7, so these weights do not fit "
+                              "detectron2 (--engine torchvision takes them)")
+    if source.foreign:
+        raise CheckpointError(f"{len(source.foreign)} keys of {source.path} have no place in a "
+                              f"{source.encoder}: {', '.join(source.foreign[:5])}; nothing was "
+                              "written")
+    state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict.items()}
+    arrays, mapping = to_detectron2(state)
+    if mapping.unmapped:
+        raise CheckpointError(f"{len(mapping.unmapped)} keys have no detectron2 name: "
+                              f"{', '.join(mapping.unmapped[:5])}; nothing was written")
     return arrays, mapping
 
 

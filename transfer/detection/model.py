@@ -155,6 +155,7 @@ def make_detector(cfg: ModelConfig, source: BackboneSource, num_classes: int,
         extra = nn.GroupNorm(32, c5) if cfg.norm == "gn" else nn.BatchNorm2d(c5)
         if cfg.norm == "syncbn" and sync_bn:
             extra = nn.SyncBatchNorm(c5)
+    mean, std = source.normalisation(cfg.pixel_mean, cfg.pixel_std)
     model = build_detector(
         resnet,
         cfg.arch,
@@ -162,8 +163,8 @@ def make_detector(cfg: ModelConfig, source: BackboneSource, num_classes: int,
         min_size_train=cfg.min_size_train,
         min_size_test=cfg.min_size_test,
         max_size=cfg.max_size,
-        image_mean=cfg.pixel_mean or source.pixel_mean,
-        image_std=cfg.pixel_std or source.pixel_std,
+        image_mean=mean,
+        image_std=std,
         roi_batch_size=cfg.roi_batch_size,
         proposals_test=cfg.proposals_test,
         score_thresh=cfg.score_thresh,

@@ -14,6 +14,7 @@ the detection command prints it. The record's ``setup`` block is :func:`probes.r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,13 @@ class BackboneSource:
     setup: dict[str, Any] = field(default_factory=dict)  # the records' setup block
     pixel_mean: RGB = IMAGENET.mean
     pixel_std: RGB = IMAGENET.std
+
+    def normalisation(self, mean: Sequence[float] = (),
+                      std: Sequence[float] = ()) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The RGB mean and std (0-1 units) images are normalised with, in both engines and
+        the export: the config's ``model.pixel_mean``/``pixel_std`` where set, else this
+        source's (the run's own statistics; ImageNet's for files and random init)."""
+        return (tuple(mean) if mean else self.pixel_mean, tuple(std) if std else self.pixel_std)
 
 
 @dataclass

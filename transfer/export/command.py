@@ -29,7 +29,7 @@ from pretrain.errors import CheckpointError
 from pretrain.registry import Registry
 from transfer.detection.config import DetectionConfig, resolve_preset
 from transfer.detection.detectron2_config import DEPTHS, detectron2_config
-from transfer.detection.detectron2_weights import to_detectron2, write_detectron2_pickle
+from transfer.detection.detectron2_weights import detectron2_backbone, write_detectron2_pickle
 from transfer.detection.weights import BackboneSource, load_backbone_source
 
 Exporter = Callable[[BackboneSource, Path, argparse.Namespace], list[Path]]
@@ -70,19 +70,9 @@ def export_timm(source: BackboneSource, out: Path, args: argparse.Namespace) -> 
 
 @EXPORTERS.register("detectron2")
 def export_detectron2(source: BackboneSource, out: Path, args: argparse.Namespace) -> list[Path]:
-    if source.cifar_stem:
-        raise CheckpointError(f"{source.path} was pretrained with a CIFAR stem (3x3 conv1); "
-                              "detectron2's BasicStem is 7x7, so these weights cannot be exported")
-    if source.foreign:
-        raise CheckpointError(f"{len(source.foreign)} keys of {source.path} have no place in a "
-                              f"{source.encoder}: {', '.join(source.foreign[:5])}; nothing was "
-                              "written")
-    arrays, mapping = to_detectron2(_weights(source))
+    arrays, mapping = detectron2_backbone(source)
     for key, reason in mapping.skipped.items():
         print(f"skipped {key}: {reason}")
-    if mapping.unmapped:
-        raise CheckpointError(f"{len(mapping.unmapped)} keys have no detectron2 name: "
-                              f"{', '.join(mapping.unmapped[:5])}; nothing was written")
     dropped = ", ".join(source.dropped[:4]) or "none"
     print(f"mapped {len(mapping.mapped)} of {len(source.state_dict or {})} keys "
           f"(+ {len(source.dropped)} non-backbone keys dropped: {dropped})")
@@ -93,7 +83,7 @@ def export_detectron2(source: BackboneSource, out: Path, args: argparse.Namespac
     paths = [pkl]
     for arch in ("fpn", "c4"):
         d2 = detectron2_config(cfg, source.encoder, arch, str(pkl.resolve()), num_classes,
-                               source.pixel_mean, source.pixel_std)
+                               *source.normalisation(cfg.model.pixel_mean, cfg.model.pixel_std))
         path = out / f"faster_rcnn_R_{DEPTHS[source.encoder]}_{arch.upper()}.yaml"
         path.write_text(yaml.safe_dump(d2, sort_keys=False))
         paths.append(path)
