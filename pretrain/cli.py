@@ -12,11 +12,11 @@ import sys
 from pretrain import distributed as dist_utils
 from pretrain.config import PretrainConfig
 from pretrain.config_io import load_config
-from pretrain.errors import UserError
+from pretrain.errors import RaisingParser, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = RaisingParser(
         prog="simclr-pretrain",
         description="Pretrain a SimCLR encoder (Chen et al. 2020) and write a run directory.",
     )
@@ -40,14 +40,17 @@ def user_error_message(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         cfg = load_config(PretrainConfig, args.config, args.overrides)
         dist_utils.init_from_environment(cfg.train.device)
         from pretrain.train import train
 
         summary = train(cfg, resume=args.resume)
-        if dist_utils.is_main_process():
+        if dist_utils.is_main_process() and summary.get("already_complete"):
+            print(f"run {summary['run_dir']} is already complete ({summary['epochs']} of "
+                  f"{cfg.train.epochs} epochs trained); nothing to resume, no file changed")
+        elif dist_utils.is_main_process():
             print(
                 f"done: {summary['epochs']} epochs, final loss {summary['final_loss']:.4f}, "
                 f"{summary['train_time_s']:.1f} s -> {summary['run_dir']}"

@@ -3,7 +3,8 @@
 Every stage has one dataclass (possibly nested, one dataclass per section). Loading rejects an
 unknown key with the list of valid keys, checks value types, and applies command-line
 overrides whose values are parsed as YAML (``optim.lr=0.3``, ``model.head=mlp``,
-``data.name=imagefolder:/data/x``).
+``data.name=imagefolder:/data/x``). YAML that does not parse names the file and line (or the
+override and column).
 """
 
 from __future__ import annotations
@@ -114,8 +115,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         try:
             value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
+        except yaml.YAMLError as exc:  # never a half-typed list or mapping taken as a string
+            detail = yaml_problem(exc, columns_only=True)
+            joiner = " at " if detail.startswith("column") else ": "
+            raise ConfigError(
+                f"override {item!r}: invalid YAML value{joiner}{detail}; quote a value meant as a "
+                f"string: {key}='\"{raw}\"'"
+            ) from None
         node = nested
         *parents, leaf = key.strip().split(".")
         for part in parents:
@@ -137,6 +143,25 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def yaml_problem(exc: yaml.YAMLError, columns_only: bool = False) -> str:
+    """One line saying where and what: ``line 3, column 1: found a tab ...`` (PyYAML's marks are
+    0-based; ``columns_only`` for a one-line text such as an override value)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    where = ""
+    if mark is not None:
+        where = (f"column {mark.column + 1}" if columns_only
+                 else f"line {mark.line + 1}, column {mark.column + 1}")
+    if "\\t" in problem or "\t" in problem:
+        problem += " (YAML indents with spaces, not tabs)"
+    if context and context_mark is not None:
+        started = (f"column {context_mark.column + 1}" if columns_only
+                   else f"line {context_mark.line + 1}")
+        problem += f" ({context} started at {started})"
+    return " ".join(f"{where}: {problem}".split() if where else problem.split())
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing or malformed file is a :class:`ConfigError` naming it."""
     path = Path(path)
@@ -145,7 +170,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+        detail = yaml_problem(exc)
+        raise ConfigError(f"{path}{', ' if detail.startswith('line') else ': '}{detail}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

@@ -9,13 +9,19 @@
 * ``imagefolder:<path>``: ``<path>/<split>/<class>/*``, or ``<path>/<class>/*``, or a flat folder
   of images (unlabelled); ``<path>`` may also be a ``.tar``/``.tar.gz``/``.tar.xz`` archive.
 
-Missing paths, empty folders and unreadable images raise :class:`DataError` naming the path.
+Missing paths, empty folders and unreadable images raise :class:`DataError` naming the path; a
+split the dataset does not have raises :class:`MissingSplitError`.
+
+What the images are is :func:`dataset_fingerprint` (cheap: one ``stat`` per file), which the
+feature cache keys on; an archive is extracted again when it changes (its size or mtime).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import shutil
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +35,11 @@ from torch.utils.data import Dataset
 from pretrain.config import DEFAULT_CACHE_DIR
 from pretrain.errors import DataError
 from pretrain.registry import Registry
+
+
+class MissingSplitError(DataError):
+    """The dataset exists but has no such split (probes then fall back to another one)."""
+
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 DIGITS_SIZE = 16  # pixels; the originals are 8x8
@@ -57,7 +68,9 @@ def load_rgb(path: Path) -> Image.Image:
 class ImageDataset(Dataset):
     """Images with integer labels (-1 when unlabelled), held in memory or read from files.
 
-    Exactly one of ``array`` (N, H, W, 3) uint8 or ``files`` is given.
+    Exactly one of ``array`` (N, H, W, 3) uint8 or ``files`` is given. ``source`` says where
+    an array came from (what produced its bytes: an archive's identity, library releases), for
+    :func:`dataset_fingerprint`.
     """
 
     def __init__(
@@ -68,6 +81,7 @@ class ImageDataset(Dataset):
         info: DatasetInfo,
         array: np.ndarray | None = None,
         files: list[Path] | None = None,
+        source: str = "",
     ) -> None:
         if (array is None) == (files is None):
             raise ValueError("give exactly one of array or files")
@@ -77,6 +91,7 @@ class ImageDataset(Dataset):
         self.info = info
         self.array = array
         self.files = files
+        self.source = source
         n = len(array) if array is not None else len(files or [])
         if n != len(self.targets):
             raise ValueError(f"{n} images but {len(self.targets)} targets")
@@ -102,6 +117,7 @@ class ImageDataset(Dataset):
             self.info,
             array=None if self.array is None else self.array[keep],
             files=None if self.files is None else [self.files[i] for i in keep],
+            source=self.source,
         )
 
     def subset(self, limit: int, seed: int = 0) -> ImageDataset:
@@ -130,6 +146,41 @@ class TransformedDataset(Dataset):
         return self.transform(img), label
 
 
+def file_stats(files: list[Path]) -> str:
+    """Digest of every file's path, size and modification time (ns): changes when any image is
+    edited, added, removed or renamed, at the cost of one ``stat`` per file."""
+    h = hashlib.blake2b(digest_size=16)
+    for path in files:
+        try:
+            st = path.stat()
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def file_identity(path: Path) -> str:
+    """An archive's resolved path, size and modification time (ns), on one line."""
+    st = path.stat()
+    return f"{path.resolve()} size={st.st_size} mtime_ns={st.st_mtime_ns}"
+
+
+def dataset_fingerprint(dataset: ImageDataset) -> str:
+    """A cheap digest of what the images of ``dataset`` are (the feature cache's content key).
+
+    Files: every file's path, size and mtime (:func:`file_stats`) plus the dataset's
+    ``source`` (an archive's identity). Arrays: their ``source`` (the archive or the library
+    releases that produced them), or a hash of their bytes where no source is known.
+    """
+    parts = [dataset.name, dataset.source]
+    if dataset.files is not None:
+        parts.append(file_stats(dataset.files))
+    elif not dataset.source and dataset.array is not None:
+        parts.append(hashlib.blake2b(np.ascontiguousarray(dataset.array).tobytes(),
+                                     digest_size=16).hexdigest())
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
+
+
 Loader = Callable[[str, str, str, str], ImageDataset]  # (arg, split, root, cache_dir)
 DATASETS: Registry[Loader] = Registry("dataset")
 
@@ -155,7 +206,9 @@ def find_shared_archive(filename: str) -> Path | None:
 def extract_archive(archive: Path, cache_dir: str | Path) -> Path:
     """Extract ``archive`` once into ``cache_dir/<archive stem>/`` and return that folder.
 
-    A ``.complete`` marker is written last, so an interrupted extraction is redone.
+    A ``.complete`` marker holding the archive's identity (path, size, mtime) is written last,
+    so an interrupted extraction is redone, and so is one of an archive since replaced or
+    edited (the old extraction is removed first: no stale image survives).
     """
     archive = Path(archive)
     if not archive.is_file():
@@ -167,15 +220,18 @@ def extract_archive(archive: Path, cache_dir: str | Path) -> Path:
             break
     target = Path(cache_dir) / stem
     marker = target / ".complete"
+    identity = file_identity(archive)
     if marker.is_file():
-        return target
+        if marker.read_text() == identity:
+            return target
+        shutil.rmtree(target)  # ours (it has our marker), from another version of the archive
     target.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot extract archive {archive}: {exc}") from None
-    marker.write_text(str(archive))
+    marker.write_text(identity)
     return target
 
 
@@ -193,7 +249,7 @@ def scan_image_folder(root: Path, split: str) -> tuple[list[Path], list[int], li
         raise DataError(f"dataset path not found: {root}")
     folder = root / split if (root / split).is_dir() else root
     if folder is root and any((root / s).is_dir() for s in ("train", "test", "val")):
-        raise DataError(f"no {split!r} split in {root} (expected {root / split})")
+        raise MissingSplitError(f"no {split!r} split in {root} (expected {root / split})")
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[Path] = []
     labels: list[int] = []
@@ -253,7 +309,10 @@ def _digits_split(split: str) -> tuple[np.ndarray, tuple[int, ...]]:
 @DATASETS.register("digits")
 def load_digits_dataset(arg: str, split: str, root: str, cache_dir: str) -> ImageDataset:
     if split not in ("train", "test"):
-        raise DataError(f"digits has splits train and test, not {split!r}")
+        raise MissingSplitError(f"digits has splits train and test, not {split!r}")
+    import PIL
+    import sklearn
+
     images, labels = _digits_split(split)
     return ImageDataset(
         "digits",
@@ -261,6 +320,8 @@ def load_digits_dataset(arg: str, split: str, root: str, cache_dir: str) -> Imag
         [str(c) for c in range(10)],
         DatasetInfo(preset="digits", image_size=DIGITS_SIZE),
         array=images,
+        # the bytes are sklearn's bundled digits, resized by Pillow
+        source=f"sklearn={sklearn.__version__} pillow={PIL.__version__}",
     )
 
 
@@ -268,26 +329,34 @@ def load_digits_dataset(arg: str, split: str, root: str, cache_dir: str) -> Imag
 def load_cifar10(arg: str, split: str, root: str, cache_dir: str) -> ImageDataset:
     info = DatasetInfo(preset="cifar", image_size=32)
     if split not in ("train", "test"):
-        raise DataError(f"cifar10 has splits train and test, not {split!r}")
+        raise MissingSplitError(f"cifar10 has splits train and test, not {split!r}")
     source = Path(root) if root else find_shared_archive("cifar10.tar.xz")
     if source is None:
         return _download_cifar10(split, cache_dir, info)
-    folder = extract_archive(source, cache_dir) if _is_archive(source) else source
+    scanned = None
+    if _is_archive(source):  # the extraction is redone whenever the archive changes
+        folder = extract_archive(source, cache_dir)
+        identity = file_identity(source)
+    else:  # a folder: its decoded copy is valid while no image changed
+        folder = source
+        scanned = scan_image_folder(folder, split)
+        identity = f"{folder.resolve()} files={file_stats(scanned[0])}"
     cached = folder / f".{split}_uint8.npz"
     if cached.is_file():
         with np.load(cached) as npz:
-            return ImageDataset(
-                "cifar10", npz["labels"].tolist(), list(npz["classes"]), info, array=npz["images"]
-            )
-    files, labels, classes = scan_image_folder(folder, split)
+            if "source" in npz and str(npz["source"]) == identity:
+                return ImageDataset("cifar10", npz["labels"].tolist(), list(npz["classes"]), info,
+                                    array=npz["images"], source=identity)
+    files, labels, classes = scanned or scan_image_folder(folder, split)
     array = _decode_to_array(files, 32)
     tmp = cached.with_name(cached.name + ".tmp.npz")
     try:
-        np.savez(tmp, images=array, labels=np.asarray(labels), classes=np.asarray(classes))
+        np.savez(tmp, images=array, labels=np.asarray(labels), classes=np.asarray(classes),
+                 source=np.asarray(identity))
         os.replace(tmp, cached)
     except OSError:  # a read-only ImageFolder: decode again next time rather than fail
         pass
-    return ImageDataset("cifar10", labels, classes, info, array=array)
+    return ImageDataset("cifar10", labels, classes, info, array=array, source=identity)
 
 
 def _download_cifar10(split: str, cache_dir: str, info: DatasetInfo) -> ImageDataset:
@@ -302,7 +371,8 @@ def _download_cifar10(split: str, cache_dir: str, info: DatasetInfo) -> ImageDat
             f"cifar10: no local copy (set data.root to cifar10.tar.xz or an ImageFolder) "
             f"and the download failed: {exc}"
         ) from None
-    return ImageDataset("cifar10", list(ds.targets), list(ds.classes), info, array=ds.data)
+    return ImageDataset("cifar10", list(ds.targets), list(ds.classes), info, array=ds.data,
+                        source=f"torchvision download {Path(ds.root).resolve()}")
 
 
 @DATASETS.register("imagefolder")
@@ -310,8 +380,10 @@ def load_image_folder(arg: str, split: str, root: str, cache_dir: str) -> ImageD
     if not arg:
         raise DataError("imagefolder needs a path: data.name=imagefolder:/path/to/images")
     path = Path(arg).expanduser()
+    source = ""
     if _is_archive(path):
-        path = extract_archive(path, cache_dir)
+        folder = extract_archive(path, cache_dir)  # a missing archive is a DataError
+        source, path = file_identity(path), folder
         subdirs = [p for p in path.iterdir() if p.is_dir()]
         if len(subdirs) == 1 and not (path / split).is_dir():  # archive with one top folder
             path = subdirs[0]
@@ -319,7 +391,7 @@ def load_image_folder(arg: str, split: str, root: str, cache_dir: str) -> ImageD
     size = _guess_image_size(files[0])
     preset = "cifar" if size <= 64 else "imagenet"
     info = DatasetInfo(preset=preset, image_size=32 if size <= 32 else (64 if size <= 64 else 224))
-    return ImageDataset(f"imagefolder:{arg}", labels, classes, info, files=files)
+    return ImageDataset(f"imagefolder:{arg}", labels, classes, info, files=files, source=source)
 
 
 def _guess_image_size(path: Path) -> int:

@@ -100,15 +100,26 @@ def check_encoder(net: nn.Module, name: str) -> int:
     return width
 
 
-def build_encoder(name: str, cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
-    """Create encoder ``name`` (randomly initialised); see the module docstring for names."""
+def check_encoder_name(name: str, key: str = "model.encoder") -> None:
+    """Raise :class:`ConfigError` (naming ``key`` and the valid names) unless ``name`` is a
+    registered encoder or ``timm:<a timm model>``; builds nothing."""
     if name.startswith("timm:"):
         import timm
 
         model_name = name.split(":", 1)[1]
         if not timm.is_model(model_name):
-            raise ConfigError(f"unknown timm model {model_name!r}; see timm.list_models()")
-        net: nn.Module = timm.create_model(model_name, pretrained=False, num_classes=0)
+            raise ConfigError(f"{key}: unknown timm model {model_name!r}; see timm.list_models()")
+        return
+    ENCODERS.check(name, key, extra=["timm:<name>"])
+
+
+def build_encoder(name: str, cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
+    """Create encoder ``name`` (randomly initialised); see the module docstring for names."""
+    if name.startswith("timm:"):
+        import timm
+
+        check_encoder_name(name)
+        net: nn.Module = timm.create_model(name.split(":", 1)[1], pretrained=False, num_classes=0)
     else:
         net = ENCODERS.get(name)(cifar_stem=cifar_stem, zero_init_residual=zero_init_residual)
     check_encoder(net, name)

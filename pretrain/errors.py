@@ -8,6 +8,9 @@ its traceback.
 
 from __future__ import annotations
 
+import argparse
+from typing import NoReturn
+
 
 class UserError(Exception):
     """A mistake the user can fix; the message says what was wrong and what to do."""
@@ -27,3 +30,13 @@ class CheckpointError(UserError):
 
 class NonFiniteLossError(UserError):
     """Training produced a NaN or infinite loss; the message names the step."""
+
+
+class RaisingParser(argparse.ArgumentParser):
+    """An argument parser whose mistakes raise a one-line :class:`UserError` (``error: argument
+    --k: ... (see simclr-transfer knn --help)``) instead of printing the usage and exiting, so a
+    command line typed by hand and one inside a longer job (a suite's) fail the same way."""
+
+    def error(self, message: str) -> NoReturn:
+        first = message.splitlines()[0] if message else "invalid arguments"
+        raise UserError(f"{first} (see {self.prog} --help)")

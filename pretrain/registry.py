@@ -6,10 +6,10 @@ asking for an unknown name is a user error whose message lists the valid names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-from pretrain.errors import UserError
+from pretrain.errors import ConfigError, UserError
 
 T = TypeVar("T")
 
@@ -47,6 +47,13 @@ class Registry(Generic[T]):
             raise UserError(
                 f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._entries))}"
             ) from None
+
+    def check(self, name: str, key: str, extra: Iterable[str] = ()) -> None:
+        """Raise :class:`ConfigError` naming config ``key`` and the valid names (plus ``extra``
+        forms such as ``timm:<name>``) unless ``name`` is registered."""
+        if name not in self._entries:
+            valid = ", ".join([*self.names(), *extra])
+            raise ConfigError(f"{key}: unknown {self.kind} {name!r}; valid: {valid}")
 
     def names(self) -> list[str]:
         return sorted(self._entries)

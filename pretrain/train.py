@@ -5,12 +5,14 @@ setup, an atomically written checkpoint every ``train.checkpoint_every`` epochs,
 line per epoch and a summary. ``train(cfg, resume=True)`` continues from the last checkpoint and ends
 with the same weights as an uninterrupted run: every epoch reseeds its shuffling and
 augmentation RNGs from (seed, epoch, rank), so no RNG stream depends on when a run was killed.
+Before anything is read or written, the config's registered names are checked and a resume is
+checked against the run's saved config (:mod:`pretrain.run.resume`); a finished run is left as
+it is.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +24,6 @@ from tqdm import tqdm
 
 from pretrain import distributed as dist_utils
 from pretrain.augment import TwoViews, ViewRecipe, resolve_recipe, simclr_transform
-from pretrain.checkpoint import load_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.data import ImageDataset, TransformedDataset, load_dataset
 from pretrain.distributed import resolve_device
@@ -40,11 +41,11 @@ from pretrain.run import (
     RunSetup,
     RunState,
     prepare_run_dir,
-    read_checkpoint,
     restore,
     write_checkpoint,
     write_run_files,
 )
+from pretrain.run.resume import epoch_loss, finished_summary, open_resume
 from pretrain.step import TrainStep
 from pretrain.sync_bn import convert_sync_batchnorm
 
@@ -201,7 +202,11 @@ def log_quality(
 
 
 def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Pretrain SimCLR as configured; returns the summary written to ``summary.json``."""
+    """Pretrain SimCLR as configured; returns the summary written to ``summary.json``.
+
+    Resuming a finished run writes nothing and returns its stored summary, with
+    ``already_complete: True`` added.
+    """
     device = resolve_device(cfg.train.device)
     world = dist_utils.world_size()
     if cfg.train.batch_size % world:
@@ -210,6 +215,12 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             f"divisible by the number of processes ({world})"
         )
     main = dist_utils.is_main_process()
+    run_dir = prepare_run_dir(cfg, resume)  # checks the registered names; creates nothing
+    resumed = open_resume(run_dir, cfg, device) if resume else None  # refuses changed keys
+    if resumed is not None:
+        stored = finished_summary(run_dir, resumed, cfg)
+        if stored is not None:
+            return {**stored, "run_dir": str(run_dir), "already_complete": True}
 
     dataset = load_dataset(
         cfg.data.name, cfg.data.split, cfg.data.root, cfg.data.cache_dir, cfg.data.limit
@@ -234,7 +245,6 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     setup = RunSetup.build(cfg, model, recipe)
-    run_dir = prepare_run_dir(cfg, resume)
     if global_bn(cfg.train.sync_bn, world):
         model = convert_sync_batchnorm(model, device)  # type: ignore[assignment]
     model = model.to(device)
@@ -247,13 +257,11 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     total_steps = cfg.train.epochs * steps_per_epoch
     lrs = warmup_cosine_schedule(peak_lr, total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch))
     state = RunState()
-    if resume:
-        ckpt_path = run_dir / CHECKPOINT_FILE
-        ckpt = read_checkpoint(load_checkpoint(ckpt_path, map_location=device), ckpt_path)
-        state = restore(model, optimizer, ckpt, total_steps, ckpt_path)
+    if resumed is not None:
+        state = restore(model, optimizer, resumed, total_steps, run_dir / CHECKPOINT_FILE)
     if main:  # only after a resume was found to fit: a refused one leaves the run as it was
         write_run_files(run_dir, cfg, setup)
-        if resume:
+        if resumed is not None:
             append_jsonl(run_dir / METRICS_FILE, {"event": "resume", "from_epoch": state.epoch})
     train_model: nn.Module = model
     if dist_utils.is_distributed():
@@ -280,6 +288,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             f"augmentation on {augment_where}"
         )
     started = time.perf_counter()
+    trained_before = state.train_time_s  # the earlier parts of a resumed run
     stats: dict[str, float] = {}
     while state.epoch < cfg.train.epochs:
         batches.set_epoch(cfg.train.seed, state.epoch, dist_utils.rank(), world)
@@ -296,6 +305,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         last = state.epoch == cfg.train.epochs
         if main and cfg.train.quality_every and (last or state.epoch % cfg.train.quality_every == 0):
             stats.update(log_quality(model, dataset, recipe, device, cfg.train.quality_samples))
+        state.train_time_s = trained_before + time.perf_counter() - started
         if main:
             if last or state.epoch % cfg.train.checkpoint_every == 0:
                 write_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, total_steps)
@@ -310,8 +320,9 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "epochs": state.epoch,
         "steps": state.step,
-        "final_loss": stats.get("loss", math.nan),
-        "train_time_s": time.perf_counter() - started,
+        # no epoch left (killed between the last checkpoint and the summary): the logged loss
+        "final_loss": stats["loss"] if stats else epoch_loss(run_dir / METRICS_FILE, state.epoch),
+        "train_time_s": state.train_time_s,
         "images": len(dataset),
         "batch_size": cfg.train.batch_size,
         "peak_lr": peak_lr,

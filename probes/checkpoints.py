@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from pretrain.checkpoint import load_checkpoint_and_hash
+from pretrain.checkpoint import UnsafeCheckpointError, load_checkpoint_and_hash
 from pretrain.encoders import build_encoder, check_encoder
 from pretrain.errors import CheckpointError
 from pretrain.heads import build_head
@@ -145,7 +145,12 @@ def load_any(
 
 
 def read_weights_file(path: Path) -> tuple[dict[str, Any], str]:
-    """A weights file's contents and the sha256 of its bytes (read once)."""
+    """A weights file's contents and the sha256 of its bytes (read once).
+
+    A file that is no checkpoint, or pickles objects that ``weights_only=True`` refuses (a
+    Lightning checkpoint of solo-learn or lightly pickles its hyper-parameters), is a one-line
+    :class:`CheckpointError` naming it (:func:`pretrain.checkpoint.load_checkpoint_and_hash`).
+    """
     if path.suffix == ".safetensors":
         from safetensors.torch import load as load_safetensors
 
@@ -153,18 +158,17 @@ def read_weights_file(path: Path) -> tuple[dict[str, Any], str]:
         try:
             return dict(load_safetensors(data)), hashlib.sha256(data).hexdigest()
         except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot load {path}: {exc}") from None
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise CheckpointError(f"cannot load {path}: not a valid safetensors file ({detail})"
+                                  ) from None
     try:
         return load_checkpoint_and_hash(path)
-    except CheckpointError as exc:
-        if "weights only" not in str(exc).lower():
-            raise
+    except UnsafeCheckpointError as exc:
         raise CheckpointError(
-            f"{path} holds objects other than tensors, so torch.load(weights_only=True) refuses "
-            "it (Lightning checkpoints of solo-learn or lightly pickle their hyper-parameters); "
-            "for a file you trust, keep only the weights: python -c \"import torch; "
-            f"c = torch.load('{path}', weights_only=False); "
-            f"torch.save(c['state_dict'], '{path.with_suffix('.weights.pt')}')\""
+            f"cannot load checkpoint {path}: {exc.problem} (Lightning checkpoints of solo-learn "
+            "or lightly pickle their hyper-parameters); from a copy you trust, save only the "
+            f"weights, torch.save(c['state_dict'], '{path.with_suffix('.weights.pt')}') with c "
+            "the loaded checkpoint, and pass that file"
         ) from None
 
 

@@ -6,10 +6,15 @@ content, architecture, dataset, split, transform, tap)::
 
     <cache_dir>/features/<sha256[:16]>-<arch>/<dataset>-<split>-<key>/<tap>.pt
 
-Each file holds ``features`` (N, D), ``labels`` (N,) and a blake2b ``checksum`` of the feature
-bytes. Files are written atomically (temp file + rename). A file that fails to load, has the
-wrong keys or shape, labels that differ from the dataset's, or a wrong checksum is reported and
-rebuilt. Every probe goes through :func:`load_features`, so one extraction serves all of them.
+Each file holds ``features`` (N, D), ``labels`` (N,), a blake2b ``checksum`` of the feature
+bytes and, in ``meta``, the ``content`` of the images it was extracted from
+(:func:`pretrain.data.dataset_fingerprint`: every file's path, size and modification time for a
+folder, the archive's for an archive, the library releases that make the built-in digits; one
+``stat`` per image per run). A file whose images were since edited in place, or written before
+``content`` existed, is stale: it is extracted again and replaced. Files are written atomically
+(temp file + rename). A file that fails to load, has the wrong keys or shape, labels that
+differ from the dataset's, or a wrong checksum is reported and rebuilt. Every probe goes
+through :func:`load_features`, so one extraction serves all of them.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from typing import Any
 
 import torch
 
-from pretrain.checkpoint import save_checkpoint
-from pretrain.data import ImageDataset
-from pretrain.errors import UserError
+from pretrain.checkpoint import load_checkpoint, save_checkpoint
+from pretrain.data import ImageDataset, dataset_fingerprint
+from pretrain.errors import CheckpointError, UserError
 from pretrain.features import extract_features
 from pretrain.model import SimCLRModel
 
@@ -61,20 +66,28 @@ def cache_path(
     return Path(cache_dir) / "features" / model_key / folder / f"{tap}.pt"
 
 
-def read_cached(path: Path, labels: torch.Tensor) -> torch.Tensor | None:
-    """The cached features at ``path``; None when absent, and None (with a warning) when corrupt."""
+def read_cached(path: Path, labels: torch.Tensor, content: str = "") -> torch.Tensor | None:
+    """The cached features at ``path``; None when absent or stale (extracted from images whose
+    ``content`` fingerprint differs), and None with a warning when corrupt."""
     if not path.is_file():
         return None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_checkpoint(path)
         feats = data["features"]
         problem = ""
+        meta = data.get("meta")
+        cached_content = meta.get("content") if isinstance(meta, dict) else None
+        if cached_content != content:  # a file of the first release has none: stale as well
+            log.info("feature cache %s is stale (the images changed); extracting again", path)
+            return None
         if not isinstance(feats, torch.Tensor) or feats.dim() != 2:
             problem = "features are not a 2-D tensor"
         elif feats.shape[0] != labels.numel() or not torch.equal(data["labels"], labels):
             problem = f"{feats.shape[0]} rows or labels do not match the dataset"
         elif data["checksum"] != checksum(feats):
             problem = "checksum mismatch"
+    except CheckpointError as exc:  # not a torch file, or one a safe load refuses
+        problem = str(exc).removeprefix(f"cannot load checkpoint {path}: ")[:80]
     except Exception as exc:  # any unreadable file is rebuilt, never trusted
         problem = f"{type(exc).__name__}: {str(exc)[:60]}".strip(": ")
     if problem:
@@ -121,8 +134,9 @@ def load_features(
         if cache_dir is not None
         else {}
     )
+    content = dataset_fingerprint(dataset) if paths else ""
     for tap, path in paths.items():
-        cached = read_cached(path, labels)
+        cached = read_cached(path, labels, content)
         if cached is not None:
             feats[tap] = cached
     missing = [tap for tap in taps if tap not in feats]
@@ -139,6 +153,7 @@ def load_features(
                     "split": split,
                     "tap": tap,
                     "transform": transform_id,
+                    "content": content,
                 }
                 write_cached(paths[tap], new[tap], labels, meta)
     return FeatureSet({tap: feats[tap] for tap in taps}, labels, list(dataset.classes))

@@ -55,7 +55,10 @@ def infer_architecture(encoder_sd: dict[str, torch.Tensor], path: Path) -> tuple
             f"{path} does not hold ResNet weights; name its architecture, e.g. "
             "--encoder timm:vit_small_patch16_224 (or --encoder resnet18 --cifar-stem)"
         )
-    arch = infer_resnet(names)
+    try:
+        arch = infer_resnet(names)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}; name its architecture with --encoder") from None
     conv1 = sd.get("conv1.weight")
     return arch, conv1 is not None and tuple(conv1.shape[-2:]) == (3, 3)
 

@@ -6,7 +6,8 @@ argparse sub-parser, and a function that runs it and returns a flat dict of name
 same shape and return an empty or informational dict.
 
 Third-party packages add evaluators through the entry-point group
-``simclr_transfer.evaluators``; each entry point names an :class:`Evaluator` object.
+``simclr_transfer.evaluators``; each entry point names an :class:`Evaluator` object
+(:func:`load_plugins`; one that cannot be loaded is skipped with a one-line reason).
 
 The command-line parser is built from the registry (:func:`build_parser`), and
 :func:`run_command` runs one ``simclr-transfer`` command line in this process: the CLI and the
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from pretrain.errors import UserError
+from pretrain.errors import RaisingParser, UserError
 from pretrain.registry import Registry
 
 ENTRY_POINT_GROUP = "simclr_transfer.evaluators"
@@ -45,23 +46,33 @@ def register_evaluator(evaluator: Evaluator) -> Evaluator:
     return evaluator
 
 
-def load_plugins() -> list[str]:
-    """Register evaluators advertised by installed packages; returns the names added."""
-    added = []
+def load_plugins() -> tuple[list[str], list[str]]:
+    """Register the evaluators advertised by installed packages.
+
+    A plugin that fails to import, is not an :class:`Evaluator`, takes a registered name or
+    cannot add its arguments is skipped: a broken plugin must never break ``list`` or the
+    built-in commands.
+
+    Returns:
+        (names added, one line per skipped plugin saying which and why).
+    """
+    added, skipped = [], []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in EVALUATORS:
             continue
         try:
             obj = ep.load()
-        except Exception as exc:  # a broken plugin must not break the built-in commands
-            raise UserError(
-                f"cannot load evaluator plugin {ep.name!r} ({ep.value}): {exc}"
-            ) from None
-        if not isinstance(obj, Evaluator):
-            raise UserError(f"plugin {ep.name!r} ({ep.value}) is not a probes.registry.Evaluator")
-        register_evaluator(obj)
+            if not isinstance(obj, Evaluator):
+                raise TypeError(f"{type(obj).__name__} is not a probes.registry.Evaluator")
+            obj.add_arguments(argparse.ArgumentParser(prog=obj.name))  # the parser must build
+            register_evaluator(obj)
+        except Exception as exc:  # whatever a plugin raises, it is skipped
+            text = str(exc).strip()
+            why = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+            skipped.append(f"evaluator plugin {ep.name!r} ({ep.value}) skipped: {why}")
+            continue
         added.append(obj.name)
-    return added
+    return added, skipped
 
 
 PROG = "simclr-transfer"
@@ -69,9 +80,11 @@ DESCRIPTION = ("Evaluate SimCLR representations: frozen-feature probes, detectio
                "export, suites and tables.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """``simclr-transfer`` with one sub-command per registered evaluator or tool, plus ``list``."""
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+                 ) -> argparse.ArgumentParser:
+    """``simclr-transfer`` with one sub-command per registered evaluator or tool, plus ``list``
+    (sub-parsers are of ``parser_class`` too)."""
+    parser = parser_class(prog=PROG, description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("list", help="list every evaluator and tool, plugins included")
     for name in EVALUATORS:
@@ -84,20 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_command(argv: list[str]) -> tuple[Evaluator, argparse.Namespace]:
     """The evaluator named by ``argv[0]`` and its parsed arguments.
 
-    A line that does not parse is a :class:`UserError` (argparse's own message is printed to
-    stderr first), so a caller inside a longer job fails with one line instead of exiting.
+    A line that does not parse is a one-line :class:`UserError` carrying argparse's message
+    (``unrecognized arguments: --tapp h``; nothing is printed), so a caller inside a longer
+    job fails with one line instead of exiting.
     """
     if not argv or argv[0] not in EVALUATORS:
         name = argv[0] if argv else ""
         raise UserError(f"unknown command {name!r}; valid: {', '.join(EVALUATORS.names())}")
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit:
-        raise UserError(f"command {' '.join(argv)!r} does not parse (see the message above)") from None
+        args = build_parser(RaisingParser).parse_args(argv)
+    except SystemExit:  # --help inside a command line
+        raise UserError("asks for help, not a run") from None
     return EVALUATORS.get(argv[0]), args
 
 
 def run_command(argv: list[str]) -> dict[str, Any]:
     """Run one command line (``["knn", RUN, "--tap", "h"]``) in this process."""
-    evaluator, args = parse_command(argv)
+    try:
+        evaluator, args = parse_command(argv)
+    except UserError as exc:
+        raise UserError(f"command {' '.join(argv)!r}: {exc}") from None
     return evaluator.run(args)

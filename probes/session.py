@@ -29,7 +29,13 @@ import torch
 
 from pretrain.augment import PRESETS, ViewRecipe, eval_transform, get_preset, resolve_recipe
 from pretrain.config import DEFAULT_CACHE_DIR, AugmentConfig
-from pretrain.data import ARCHIVE_SUFFIXES, DatasetInfo, ImageDataset, load_dataset
+from pretrain.data import (
+    ARCHIVE_SUFFIXES,
+    DatasetInfo,
+    ImageDataset,
+    MissingSplitError,
+    load_dataset,
+)
 from pretrain.distributed import is_main_process, resolve_device
 from pretrain.errors import DataError, UserError
 from probes.checkpoints import LoadedModel, load_any
@@ -217,7 +223,7 @@ class ProbeSession:
         if split not in self._datasets:
             try:
                 ds = load_dataset(self.dataset_name, split, self.data_root, self.cache_dir)
-            except DataError:
+            except MissingSplitError:  # a missing path or an unreadable image still raises
                 if required:
                     raise
                 ds = None

@@ -136,6 +136,13 @@ def detectron2_path() -> list[Path]:
     pytest.skip(DETECTRON2_MISSING)
 
 
+@pytest.fixture(scope="session")
+def detectron2_pythonpath() -> list[Path]:
+    """:func:`detectron2_path` as a fixture (test modules cannot import from this conftest:
+    ``tests/probes/conftest.py`` shares its module name)."""
+    return detectron2_path()
+
+
 @pytest.fixture(scope="module")
 def detectron2_importable() -> Iterator[None]:
     """detectron2 importable in this process (the vendored sources on sys.path while the module

@@ -1,8 +1,9 @@
 """``simclr-transfer <evaluator|tool> ...``: every subcommand comes from the evaluator registry.
 
 Built-in evaluators and tools are registered by :mod:`transfer.commands`; third-party ones
-arrive through the ``simclr_transfer.evaluators`` entry points. A
-:class:`~pretrain.errors.UserError` is printed on one line and exits with status 2.
+arrive through the ``simclr_transfer.evaluators`` entry points (one that cannot be loaded is
+skipped, with one ``warning:`` line on stderr). A :class:`~pretrain.errors.UserError` is
+printed on one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import sys
 import transfer.commands  # noqa: F401  (registers the built-in evaluators and tools)
 from pretrain.cli import user_error_message
 from pretrain.distributed import init_from_environment, is_main_process, shutdown
-from pretrain.errors import UserError
+from pretrain.errors import RaisingParser, UserError
 from probes.registry import EVALUATORS, build_parser, load_plugins
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        load_plugins()
-        parser = build_parser()
+        for problem in load_plugins()[1]:
+            print(f"warning: {problem}", file=sys.stderr)
+        parser = build_parser(RaisingParser)
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()

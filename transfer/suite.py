@@ -16,8 +16,13 @@ Cells and how a rerun finds them finished:
 All records land in the runs' ``results.jsonl`` files under the suite's ``output_dir``; the
 closing tables are built from them by :func:`transfer.tables.make_table`, exactly as
 ``simclr-transfer table <output_dir>`` would. Evaluator lines run in this process through the
-evaluator registry (:func:`probes.registry.run_command`), so every line is checked against the
-registry before anything is pretrained.
+evaluator registry (:func:`probes.registry.run_command`).
+
+Before anything runs, :func:`check_suite` checks every entry as far as it can without data:
+each variant's pretraining config builds (known dataset, a model that builds, a known
+optimizer), each evaluator line names an evaluator and parses with its parser (detection's
+config overrides load), and each table names fields records can have. A bad entry is one
+:class:`~pretrain.errors.ConfigError` naming it.
 """
 
 from __future__ import annotations
@@ -25,20 +30,28 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pretrain.config import PretrainConfig
 from pretrain.config_io import load_config
-from pretrain.errors import ConfigError
+from pretrain.data import DATASETS
+from pretrain.errors import ConfigError, UserError
 from pretrain.jsonl import read_jsonl
-from pretrain.run import CHECKPOINT_FILE, RESULTS_FILE, SUMMARY_FILE, run_dir_for
+from pretrain.model import build_model
+from pretrain.optim import OPTIMIZERS
+from pretrain.run import CHECKPOINT_FILE, RESULTS_FILE, SUMMARY_FILE, run_dir_for, run_name
 from pretrain.train import train
-from probes.registry import EVALUATORS, run_command
+from probes.registry import EVALUATORS, parse_command, run_command
+from transfer.detection.config import DetectionConfig, resolve_preset
 from transfer.records import Filter, load_records
 from transfer.table_formats import render
-from transfer.tables import TableRequest, make_table, parse_compare, parse_fields
+from transfer.tables import TableRequest, check_request, make_table, parse_compare, parse_fields
 
 
 @dataclass
@@ -98,25 +111,46 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> SuiteCon
     return load_config(SuiteConfig, path, overrides)
 
 
+@contextmanager
+def entry(where: str) -> Iterator[None]:
+    """Re-raise a :class:`UserError` inside as one line naming the suite entry ``where``."""
+    try:
+        yield
+    except UserError as exc:
+        text = str(exc).strip()
+        raise ConfigError(f"{where}: {text.splitlines()[0] if text else type(exc).__name__}") from None
+
+
 def plan(suite: SuiteConfig) -> list[PretrainCell]:
     """Every pretraining cell of the grid, configs resolved (variants x seeds)."""
     root = Path(suite.output_dir) / suite.name
     cells = []
     for variant, variant_overrides in suite.variants.items():
         for seed in suite.seeds:
-            cfg = load_config(
-                PretrainConfig,
-                suite.base_config,
-                [
-                    *suite.overrides,
-                    *variant_overrides,
-                    f"train.seed={seed}",
-                    f"train.run_dir={root}",
-                    f"train.name={variant}_s{seed}",
-                ],
-            )
+            with entry(f"variants.{variant}"):
+                cfg = load_config(
+                    PretrainConfig,
+                    suite.base_config,
+                    [
+                        *suite.overrides,
+                        *variant_overrides,
+                        f"train.seed={seed}",
+                        f"train.run_dir={root}",
+                        f"train.name={variant}_s{seed}",
+                    ],
+                )
             cells.append(PretrainCell(variant, seed, cfg))
     return cells
+
+
+def check_pretrain_config(cfg: PretrainConfig) -> None:
+    """What a pretraining config needs besides data: a known dataset, a model that builds (on
+    the meta device: no memory, no weights), a known optimizer and a run name."""
+    DATASETS.get(cfg.data.name.partition(":")[0])
+    with torch.device("meta"):
+        build_model(cfg.model)
+    OPTIMIZERS.get(cfg.optim.name)
+    run_name(cfg)
 
 
 def finished_cells(run_dir: Path) -> set[str]:
@@ -148,13 +182,51 @@ def run_evaluator_line(line: str, run_dir: Path, tags: dict[str, str]) -> dict[s
     return run_command(evaluator_argv(line, run_dir, tags))
 
 
-def check_evaluator_lines(suite: SuiteConfig) -> None:
-    """Every evaluator line names a registered evaluator (checked before any pretraining)."""
-    for line in suite.evaluators:
+def check_detection_arguments(args: argparse.Namespace) -> None:
+    """``detection``'s config file or preset exists and its overrides load."""
+    load_config(DetectionConfig, resolve_preset(args.config), args.overrides)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+
+
+# Checks of an evaluator's parsed arguments that need no data, by evaluator name.
+ARGUMENT_CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "detection": check_detection_arguments,
+}
+
+
+def check_evaluator_line(line: str, run_dir: Path) -> None:
+    """``line`` names a registered evaluator, parses with its parser, and passes its
+    :data:`ARGUMENT_CHECKS`; ``run_dir`` stands in for the run (it is not read)."""
+    try:
         name = shlex.split(line)[0]
-        if name not in EVALUATORS:
-            raise ConfigError(f"suite evaluator line {line!r}: unknown evaluator {name!r}; "
-                              f"valid: {', '.join(EVALUATORS.names())}")
+    except ValueError as exc:  # an unclosed quote
+        raise ConfigError(f"cannot split the line: {exc}") from None
+    if name not in EVALUATORS:
+        raise ConfigError(f"unknown evaluator {name!r}; valid: {', '.join(EVALUATORS.names())}")
+    _, args = parse_command(evaluator_argv(line, run_dir, {"suite": "check", "cell": "check"}))
+    if name in ARGUMENT_CHECKS:
+        ARGUMENT_CHECKS[name](args)
+
+
+def check_suite(suite: SuiteConfig) -> list[PretrainCell]:
+    """Check every entry of ``suite`` that can be checked without data; returns its cells.
+
+    Raises:
+        ConfigError: one line naming the bad entry (``variants.mlp-2``, ``evaluators[1] 'lnear
+            --tap h'``, ``tables[0]``) and what is wrong with it.
+    """
+    cells = plan(suite)
+    for cell in cells:
+        with entry(f"variants.{cell.variant}"):
+            check_pretrain_config(cell.config)
+    for i, line in enumerate(suite.evaluators):
+        with entry(f"evaluators[{i}] {line!r}"):
+            check_evaluator_line(line, cells[0].run_dir)
+    for i, spec in enumerate(suite.tables):
+        with entry(f"tables[{i}]"):
+            check_request(table_request(suite, spec))
+    return cells
 
 
 @dataclass
@@ -166,11 +238,12 @@ class SuiteReport:
 
 
 def run_suite(suite: SuiteConfig, progress: bool = True) -> SuiteReport:
-    """Run every unfinished cell of ``suite``; returns what ran and what was skipped."""
-    check_evaluator_lines(suite)
+    """Run every unfinished cell of ``suite`` (after :func:`check_suite`); returns what ran and
+    what was skipped."""
+    cells = check_suite(suite)
     report = SuiteReport()
     start = time.perf_counter()
-    for cell in plan(suite):
+    for cell in cells:
         run_dir = cell.run_dir
         label = f"{cell.variant}/s{cell.seed}"
         if (run_dir / SUMMARY_FILE).is_file():
@@ -237,8 +310,10 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_suite_tool(args: argparse.Namespace) -> dict[str, Any]:
-    """``simclr-transfer suite``: run the unfinished cells, then print the suite's tables."""
-    suite = load_suite(args.suite, args.overrides)
+    """``simclr-transfer suite``: check the suite, run the unfinished cells, then print its tables."""
+    with entry(f"suite {args.suite}"):
+        suite = load_suite(args.suite, args.overrides)
+        check_suite(suite)
     if args.dry_run:
         for line in describe_plan(suite):
             print(line)

@@ -1,7 +1,9 @@
 """Table formats by name: each a file extension and a renderer, in one registry.
 
 A cell reads ``mean ± std (n=k)`` (std = sample std, ddof=1; omitted for one seed) and the best
-cell of each column (:func:`transfer.tables.mark_best`) is bold. Adding a format is one
+cell of each column (:func:`transfer.tables.mark_best`) is bold. Renderers never decide bold
+themselves: they show ``Cell.best``, which only scores get (never a setting such as
+``linear/wd``; :func:`transfer.tables.metric_direction`). Adding a format is one
 decorated function; the ``table`` tool's ``--format`` choices and the files the report writes
 (``tables/<table>.<extension>``) both come from :data:`TABLE_FORMATS`::
 

@@ -6,8 +6,11 @@ are lists of fields, where the pseudo-field ``metric`` is the metric name. Each 
 value per seed (seed = the pair (pretraining seed, evaluation seed)); a cell that would mix
 records differing in some other field (two taps, two learning rates) is refused with a message
 naming that field, and exact re-runs of one setup keep the newest record. Heads are ordered by
-the ``head_depth`` their records give, never by their label. :func:`make_caption` states the
-setup; :func:`make_table` builds a table and its paired comparisons from a :class:`TableRequest`.
+the ``head_depth`` their records give, never by their label. Bold marks the best score of a
+column and nothing else: :func:`metric_direction` is the one place that says whether a metric is
+a score (higher or lower better) or a recorded setting (``linear/wd``). :func:`make_caption`
+states the setup; :func:`make_table` builds a table and its paired comparisons from a
+:class:`TableRequest`, and :func:`check_request` checks one before any record exists.
 Rendering lives in :mod:`transfer.table_formats`.
 """
 
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from pretrain.errors import UserError
+from pretrain.run import RunSetup
+from probes.records import ResultRecord
 from transfer.records import (
     METRIC,
     Filter,
@@ -41,12 +46,46 @@ VOLATILE_PREFIXES = ("settings.train.", "tags.")
 PATH_FIELDS = ("checkpoint", "source", "settings.source")
 # Metrics whose name contains one of these are better when lower; all others when higher.
 LOWER_IS_BETTER = ("loss", "error", "alignment", "uniformity", "wall_s")
+# Values evaluators record beside their scores that are no score: a chosen hyper-parameter
+# (the linear probe's selected penalty ``linear/wd``), a count, an interval. Matched on the name
+# after the namespace (``linear/wd`` -> ``wd``) or on its end; never ranked, never bold.
+SETTING_NAMES = frozenset({"wd", "lr", "k", "c", "penalty", "temperature", "epochs", "iters",
+                           "queries", "n_seeds"})
+SETTING_SUFFIXES = ("_ci95", "_std")
 Key = tuple[str, ...]
+
+# The fields a record can have, known before any record exists (a suite checks its tables with
+# them): ResultRecord's scalars, the setup block (RunSetup's fields with seed as pretrain_seed,
+# and what probes.records.setup_block adds), the pseudo-field metric, and the groups whose keys
+# each evaluator chooses.
+SETUP_BLOCK_FIELDS = ("checkpoint", "checkpoint_hash", "source", "checkpoint_epoch", "run_dir",
+                      "init", "unused_keys")
+OPEN_FIELD_PREFIXES = ("settings.", "tags.", "splits.", "setup.")
+RECORD_FIELDS = frozenset(
+    {*ResultRecord.__required_keys__, *ResultRecord.__optional_keys__,
+     *(f.name for f in fields(RunSetup)), *SETUP_BLOCK_FIELDS, "pretrain_seed", METRIC}
+    - {"metrics", "settings", "setup", "splits", "tags"}
+)
 
 
 def is_lower_better(metric: str, patterns: Sequence[str] = LOWER_IS_BETTER) -> bool:
     """Whether smaller values of ``metric`` are better (its name contains one of ``patterns``)."""
     return any(p in metric for p in patterns)
+
+
+def is_setting(metric: str) -> bool:
+    """Whether ``metric`` records a setting, count or interval rather than a score
+    (:data:`SETTING_NAMES`, :data:`SETTING_SUFFIXES`): ``linear/wd``, ``retrieval/queries``."""
+    parts = metric.split("/")
+    return (len(parts) == 2 and parts[1].lower() in SETTING_NAMES) or metric.endswith(SETTING_SUFFIXES)
+
+
+def metric_direction(metric: str, lower_is_better: Sequence[str] = LOWER_IS_BETTER) -> int:
+    """+1 where higher values of ``metric`` are better, -1 where lower ones are, 0 where it is
+    no score (:func:`is_setting`; whatever ``lower_is_better`` says). Bold follows it only."""
+    if is_setting(metric):
+        return 0
+    return -1 if is_lower_better(metric, lower_is_better) else 1
 
 
 def sort_key(
@@ -164,12 +203,42 @@ def make_table(
     return table, comparisons
 
 
-def _axis(records: Sequence[FlatRecord], fields: Sequence[str], what: str) -> list[str]:
-    names = [f.strip() for f in fields if f.strip()]
-    if not names:
+def known_field(name: str) -> bool:
+    """Whether records can have field ``name`` (:data:`RECORD_FIELDS`, or ``settings.<key>``,
+    ``tags.<key>``, ``splits.<key>``, ``setup.<key>``), whatever records exist."""
+    return name in RECORD_FIELDS or any(
+        name.startswith(p) and len(name) > len(p) for p in OPEN_FIELD_PREFIXES)
+
+
+def _axis_names(names: Sequence[str], what: str) -> list[str]:
+    out = [f.strip() for f in names if f.strip()]
+    if not out:
         raise UserError(f"--{what} needs at least one field")
-    check_fields(names, records, what)
-    return names
+    return out
+
+
+def _check_axes(rows: Sequence[str], cols: Sequence[str]) -> None:
+    if set(rows) & set(cols):
+        raise UserError(f"field(s) {', '.join(sorted(set(rows) & set(cols)))} on both rows and cols")
+
+
+def check_request(request: TableRequest) -> None:
+    """Check ``request`` as far as no record is needed (a suite does so before it runs): each
+    axis names a field, no field is on both, and every field is one records can have."""
+    rows, cols = _axis_names(request.rows, "rows"), _axis_names(request.cols, "cols")
+    _check_axes(rows, cols)
+    named = [("rows", f) for f in rows] + [("cols", f) for f in cols]
+    for what, name in [*named, *(("filter", f.field) for f in request.filters)]:
+        if not known_field(name):
+            valid = ", ".join(sorted(RECORD_FIELDS))
+            raise UserError(f"unknown {what} field {name!r}; valid: {valid}, "
+                            f"{', '.join(p + '<key>' for p in OPEN_FIELD_PREFIXES)}")
+
+
+def _axis(records: Sequence[FlatRecord], names: Sequence[str], what: str) -> list[str]:
+    out = _axis_names(names, what)
+    check_fields(out, records, what)
+    return out
 
 
 def build_table(
@@ -195,8 +264,7 @@ def build_table(
     """
     flts = [f if isinstance(f, Filter) else Filter.parse(f) for f in filters]
     row_f, col_f = _axis(records, rows, "rows"), _axis(records, cols, "cols")
-    if set(row_f) & set(col_f):
-        raise UserError(f"field(s) {', '.join(set(row_f) & set(col_f))} on both rows and cols")
+    _check_axes(row_f, col_f)
     kept = apply_filters(records, flts)
     metric_flts = [f for f in flts if f.field == METRIC]
     chosen = [m for m in select_metrics(kept, metrics) if all(f.matches(m) for f in metric_flts)]
@@ -292,7 +360,8 @@ def _differing_fields(recs: Sequence[FlatRecord]) -> list[str]:
 
 def mark_best(table: Table, lower_is_better: Sequence[str] = LOWER_IS_BETTER) -> None:
     """Set ``best`` on the best mean of each column among cells of one metric (ties all best,
-    unless the whole column ties).
+    unless the whole column ties); a metric without a direction (:func:`metric_direction`: a
+    chosen hyper-parameter, a count) has none.
 
     When ``metric`` is on the rows only (a transposed table), each row is compared instead:
     cells of different metrics are never compared.
@@ -306,9 +375,9 @@ def mark_best(table: Table, lower_is_better: Sequence[str] = LOWER_IS_BETTER) ->
             if cell is not None:
                 by_metric.setdefault(cell.metric, []).append(cell)
         for metric, cells in by_metric.items():
-            if len(cells) < 2:
+            sign = float(metric_direction(metric, lower_is_better))
+            if len(cells) < 2 or sign == 0:  # a setting (the chosen penalty) is never best
                 continue
-            sign = -1.0 if is_lower_better(metric, lower_is_better) else 1.0
             best = max(sign * c.stats[0] for c in cells)
             flags = [math.isclose(sign * c.stats[0], best, rel_tol=1e-12, abs_tol=1e-12) for c in cells]
             if not all(flags):  # a column where every cell ties has no best
@@ -362,11 +431,14 @@ def make_caption(
     evaluation wall time of the records.
     """
     what = metrics[0] if len(metrics) == 1 and METRIC not in axes else "Results"
-    lower = [m for m in metrics if is_lower_better(m, lower_is_better)]
+    lower = [m for m in metrics if metric_direction(m, lower_is_better) < 0]
+    unranked = [m for m in metrics if metric_direction(m, lower_is_better) == 0]
+    order = "higher is better" if not lower else "lower is better for " + ", ".join(lower)
+    if unranked:
+        order += "; not ranked: " + ", ".join(unranked)
     parts = [
         f"{what} by {' / '.join(a for a in axes)}. Mean ± sample std (ddof=1) over seeds, "
-        f"n = seeds per cell; best per {best_per} in bold "
-        f"({'higher is better' if not lower else 'lower is better for ' + ', '.join(lower)})."
+        f"n = seeds per cell; best per {best_per} in bold ({order})."
     ]
     setup = []
     for name in CAPTION_FIELDS:

@@ -3,7 +3,8 @@
 * :mod:`.layout`  the run directory: file names, the run's name, starting or resuming in it;
 * :mod:`.setup`   :class:`RunSetup`: head label and depth, taps, normalisation, eval size, recipe;
 * :mod:`.state`   the checkpoint schema (one writer, one reader) and :class:`RunState`;
-* :mod:`.load`    :func:`load_run` -> :class:`Run` (config, setup, model, checkpoint identity).
+* :mod:`.load`    :func:`load_run` -> :class:`Run` (config, setup, model, checkpoint identity);
+* :mod:`.resume`  what ``--resume`` may change (:data:`RESUME_MAY_CHANGE`) and its checks.
 
 Probes, detection, tables and plots import from here; none of them knows a checkpoint key or
 derives a head label, a depth or a normalisation on its own.
@@ -24,6 +25,7 @@ from pretrain.run.layout import (
     write_run_files,
 )
 from pretrain.run.load import Run, load_run, load_run_config
+from pretrain.run.resume import RESUME_MAY_CHANGE, open_resume
 from pretrain.run.setup import RunSetup, read_setup, write_setup
 from pretrain.run.state import (
     RunCheckpoint,
@@ -35,9 +37,9 @@ from pretrain.run.state import (
 )
 
 __all__ = [
-    "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "RESULTS_FILE", "SETUP_FILE", "SUMMARY_FILE",
-    "Run", "RunCheckpoint", "RunSetup", "RunState", "find_run_dirs", "is_run_checkpoint",
-    "is_run_dir", "load_run", "load_run_config", "prepare_run_dir", "read_checkpoint",
-    "read_setup", "restore", "run_dir_for", "run_name", "write_checkpoint", "write_run_files",
-    "write_setup",
+    "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "RESULTS_FILE", "RESUME_MAY_CHANGE",
+    "SETUP_FILE", "SUMMARY_FILE", "Run", "RunCheckpoint", "RunSetup", "RunState",
+    "find_run_dirs", "is_run_checkpoint", "is_run_dir", "load_run", "load_run_config",
+    "open_resume", "prepare_run_dir", "read_checkpoint", "read_setup", "restore", "run_dir_for",
+    "run_name", "write_checkpoint", "write_run_files", "write_setup",
 ]

@@ -17,9 +17,12 @@ from pathlib import Path
 
 from pretrain.config import PretrainConfig
 from pretrain.config_io import to_dict, write_yaml
-from pretrain.errors import UserError
-from pretrain.heads import describe_head
+from pretrain.data import DATASETS
+from pretrain.encoders import check_encoder_name
+from pretrain.errors import ConfigError, UserError
+from pretrain.heads import HEADS, describe_head
 from pretrain.model import head_shape
+from pretrain.optim import OPTIMIZERS
 from pretrain.run.setup import RunSetup, write_setup
 
 CONFIG_FILE = "config.yaml"
@@ -28,6 +31,19 @@ CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.jsonl"
+
+
+def check_names(cfg: PretrainConfig) -> None:
+    """Check every registered name of ``cfg`` (``model.encoder``, ``model.head``, ``optim.name``,
+    ``data.name``) against its registry; a typo is a :class:`ConfigError` naming the key and
+    the valid choices, raised before anything is read, built or created."""
+    check_encoder_name(cfg.model.encoder)
+    HEADS.check(cfg.model.head, "model.head")
+    OPTIMIZERS.check(cfg.optim.name, "optim.name")
+    dataset = cfg.data.name.partition(":")[0]
+    if dataset not in DATASETS:
+        valid = ", ".join(f"{n}:<path>" if n == "imagefolder" else n for n in DATASETS.names())
+        raise ConfigError(f"data.name: unknown dataset {cfg.data.name!r}; valid: {valid}")
 
 
 def run_name(cfg: PretrainConfig) -> str:
@@ -51,11 +67,13 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def prepare_run_dir(cfg: PretrainConfig, resume: bool) -> Path:
-    """The run directory of ``cfg``, after checking that a run may start (or resume) there.
+    """The run directory of ``cfg``, after checking its registered names (:func:`check_names`)
+    and that a run may start (or resume) there.
 
-    Nothing is written: :func:`write_run_files` does that once the checkpoint (on resume) has
-    been checked against the config, so a refused resume leaves the directory as it was.
+    Nothing is written: :func:`write_run_files` does that once a resume has been checked
+    (:func:`pretrain.run.resume.open_resume`), so a refused one leaves the directory as it was.
     """
+    check_names(cfg)
     run_dir = run_dir_for(cfg)
     ckpt = run_dir / CHECKPOINT_FILE
     if resume and not ckpt.is_file():

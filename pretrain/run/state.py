@@ -3,17 +3,21 @@
 
 ``checkpoint.pt`` holds, and every key is read back:
 
-==============  ======================================================  ======================
-key             what                                                    read by
-==============  ======================================================  ======================
-``format``      :data:`CHECKPOINT_FORMAT`                               every reader (checked)
-``encoder``     encoder state dict (torchvision names for ResNets)      probes, detection, resume
-``head``        projection-head state dict                              probes, resume
-``optimizer``   optimizer state dict                                    resume
-``epoch``       epochs completed                                        resume, records
-``step``        optimizer steps completed                               resume
-``total_steps`` length of the learning-rate schedule                    resume (must match)
-==============  ======================================================  ======================
+================  ====================================================  ======================
+key               what                                                  read by
+================  ====================================================  ======================
+``format``        :data:`CHECKPOINT_FORMAT`                             every reader (checked)
+``encoder``       encoder state dict (torchvision names for ResNets)    probes, detection, resume
+``head``          projection-head state dict                            probes, resume
+``optimizer``     optimizer state dict                                  resume
+``epoch``         epochs completed                                      resume, records
+``step``          optimizer steps completed                             resume
+``total_steps``   length of the learning-rate schedule                  resume (must match)
+``train_time_s``  seconds trained so far, summed over every part        resume, summary
+================  ====================================================  ======================
+
+A checkpoint written before ``train_time_s`` existed still loads (``time_recorded`` is false); a
+resume derives it from ``metrics.jsonl`` (:func:`pretrain.run.resume.open_resume`).
 
 No RNG state is stored: every epoch reseeds its shuffling and augmentation from (seed, epoch,
 rank), which is what makes ``--resume`` exact. Files are written atomically and loaded with
@@ -28,7 +32,7 @@ from typing import Any
 
 import torch
 
-from pretrain.checkpoint import save_checkpoint
+from pretrain.checkpoint import load_state_strict, save_checkpoint
 from pretrain.errors import CheckpointError, ConfigError
 from pretrain.model import SimCLRModel
 
@@ -41,6 +45,7 @@ class RunState:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
+    train_time_s: float = 0.0  # seconds of training so far, summed over every part of the run
 
 
 @dataclass
@@ -52,6 +57,7 @@ class RunCheckpoint:
     state: RunState
     total_steps: int  # 0 when unknown (a checkpoint written before the format key existed)
     optimizer: dict[str, Any] | None = None
+    time_recorded: bool = True  # False: written before train_time_s existed (its time is 0)
 
 
 def write_checkpoint(
@@ -71,6 +77,7 @@ def write_checkpoint(
             "epoch": state.epoch,
             "step": state.step,
             "total_steps": total_steps,
+            "train_time_s": state.train_time_s,
         },
         path,
     )
@@ -93,24 +100,24 @@ def read_checkpoint(state: dict[str, Any], where: str | Path) -> RunCheckpoint:
     if not is_run_checkpoint(state):
         raise CheckpointError(f"{where} is not a simclr-pretrain checkpoint (no 'encoder' weights)")
     legacy = state.get("scheduler") or {}  # the first release kept step and total_steps here
+    time = state.get("train_time_s")
     return RunCheckpoint(
         encoder=dict(state["encoder"]),
         head=dict(state.get("head") or {}),
-        state=RunState(epoch=int(state["epoch"]), step=int(state.get("step", legacy.get("step", 0)))),
+        state=RunState(epoch=int(state["epoch"]), step=int(state.get("step", legacy.get("step", 0))),
+                       train_time_s=float(time or 0.0)),
         total_steps=int(state.get("total_steps", legacy.get("total_steps", 0))),
         optimizer=state.get("optimizer"),
+        time_recorded=time is not None,
     )
 
 
 def load_weights(model: SimCLRModel, ckpt: RunCheckpoint, where: str | Path) -> None:
-    """Copy the checkpoint's encoder and head weights into ``model`` (strict)."""
-    try:
-        model.encoder.load_state_dict(ckpt.encoder)
-        model.head.load_state_dict(ckpt.head)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {where} does not match its config: {str(exc).splitlines()[0]}"
-        ) from None
+    """Copy the checkpoint's encoder and head weights into ``model`` (strict); a mismatch names
+    the missing, unexpected and mis-shaped keys."""
+    for part in ("encoder", "head"):
+        load_state_strict(getattr(model, part), getattr(ckpt, part),
+                          f"checkpoint {where} does not match its config ({part})")
 
 
 def restore(
@@ -131,4 +138,4 @@ def restore(
         raise CheckpointError(f"{where} holds no optimizer state to resume from")
     load_weights(model, ckpt, where)
     optimizer.load_state_dict(ckpt.optimizer)
-    return RunState(ckpt.state.epoch, ckpt.state.step)
+    return RunState(ckpt.state.epoch, ckpt.state.step, ckpt.state.train_time_s)

@@ -15,6 +15,7 @@ from pretrain.config_io import load_config
 from pretrain.encoders import ENCODERS, build_encoder
 from pretrain.errors import CheckpointError, ConfigError
 from pretrain.heads import HeadShape, build_head, describe_head
+from pretrain.model import build_model
 from pretrain.run import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -22,6 +23,7 @@ from pretrain.run import (
     load_run,
     read_checkpoint,
     read_setup,
+    restore,
     run_name,
 )
 from pretrain.run.state import CHECKPOINT_FORMAT
@@ -84,9 +86,15 @@ def test_load_run_and_a_run_without_setup_json(run: Path, tmp_path: Path) -> Non
 def test_a_resume_on_another_schedule_is_refused_and_changes_nothing(run: Path) -> None:
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     cfg = _cfg(run.parent, "train.name=r", "train.epochs=3")
-    with pytest.raises(ConfigError, match="schedule of 8 steps but this config gives 12"):
+    with pytest.raises(ConfigError, match=r"train.epochs \(2 -> 3\).*schedule"):
         train(cfg, resume=True)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # the checkpoint's own check, for a schedule that changed without a config key (the images)
+    model = build_model(cfg.model)
+    ckpt = read_checkpoint(load_checkpoint(run / CHECKPOINT_FILE), run / CHECKPOINT_FILE)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ConfigError, match="schedule of 8 steps but this config gives 12"):
+        restore(model, optimizer, ckpt, 12, run / CHECKPOINT_FILE)
 
 
 def test_run_names_use_the_head_label() -> None:

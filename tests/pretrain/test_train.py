@@ -58,8 +58,10 @@ def test_two_epoch_run_writes_a_loadable_run_directory(tmp_path: Path) -> None:
     assert lines[-1]["event"] == "summary" and summary["steps"] == 8
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     ckpt = load_checkpoint(run / "checkpoint.pt")
-    assert set(ckpt) == {"format", "encoder", "head", "optimizer", "epoch", "step", "total_steps"}
+    assert set(ckpt) == {"format", "encoder", "head", "optimizer", "epoch", "step", "total_steps",
+                         "train_time_s"}
     assert (ckpt["epoch"], ckpt["step"], ckpt["total_steps"]) == (2, 8, 8)
+    assert 0 < ckpt["train_time_s"] == summary["train_time_s"]
     loaded = load_run(run)
     assert loaded.config == cfg and loaded.epoch == 2
     assert loaded.model.tap_names() == ["h", "head.0", "z"] and not loaded.model.training

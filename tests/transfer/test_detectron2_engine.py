@@ -24,7 +24,7 @@ import pytest
 import torch
 import torchvision
 import yaml
-from conftest import detectron2_path, make_run_dir
+from conftest import make_run_dir
 from detection_helpers import bccd_root, coco_root, make_voc, single_thread  # noqa: F401
 from subprocesses import child_env
 
@@ -66,8 +66,8 @@ def _resnet_file(path: Path, arch: str, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cells(tmp_path_factory: pytest.TempPathFactory, shared_data: Path,
-          data_cache: Path) -> dict[str, Any]:
+def cells(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, data_cache: Path,
+          detectron2_pythonpath: list[Path]) -> dict[str, Any]:
     """Run every cell in one child process; returns {name: (exit status, records, arguments,
     the child's output)}."""
     base = tmp_path_factory.mktemp("d2_engine")
@@ -98,7 +98,7 @@ def cells(tmp_path_factory: pytest.TempPathFactory, shared_data: Path,
     (base / "cells.json").write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-c", CHILD, str(base / "cells.json"),
                            str(base / "status.json")],
-                          env=child_env(*detectron2_path(), OMP_NUM_THREADS="2"),
+                          env=child_env(*detectron2_pythonpath, OMP_NUM_THREADS="2"),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     status = json.loads((base / "status.json").read_text())
