@@ -49,14 +49,17 @@ from probes.linear import linear_probe, standardized, stratified_holdout
 from probes.session import eval_recipe
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="10,000 train and 2,000 test images")
     p.add_argument("--train", type=int, default=0, help="train images (0 = all, or 10k --small)")
     p.add_argument("--test", type=int, default=0, help="test images (0 = all, or 2k --small)")
     p.add_argument("--run", default="", help="run directory to take features from (default: "
-                   "a random small_cnn)")
+                   "a random --encoder)")
+    p.add_argument("--encoder", default="small_cnn", help="the random encoder without --run "
+                   "(resnet18: 512 features, CIFAR stem)")
     p.add_argument("--tap", default="h")
+    p.add_argument("--dataset", default="cifar10", help="cifar10 (the benchmark) or digits (smoke)")
     p.add_argument("--data-root", default="", help="cifar10.tar.xz or its folder")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     p.add_argument("--device", default="auto", help="device for our solver and extraction")
@@ -66,7 +69,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both (0 = default)")
     p.add_argument("--skip-sklearn", action="store_true")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def features(args: argparse.Namespace, device: torch.device) -> dict[str, tuple]:
@@ -75,19 +78,20 @@ def features(args: argparse.Namespace, device: torch.device) -> dict[str, tuple]
         loaded = load_any(args.run)
     else:
         torch.manual_seed(0)
-        enc = build_encoder("small_cnn")
+        stem = args.encoder.startswith("resnet")  # 32x32 images
+        enc = build_encoder(args.encoder, cifar_stem=stem)
         model = SimCLRModel(enc, build_head("none", in_dim=enc.num_features))
-        loaded = LoadedModel(model, ["h"], "random", Path("random"), "0" * 64, "small_cnn", False)
+        loaded = LoadedModel(model, ["h"], "random", Path("random"), "0" * 64, args.encoder, stem)
     model, key = loaded.model, loaded.model_key
     out = {}
     for split, n in (("train", args.train or (10000 if args.small else 0)),
                      ("test", args.test or (2000 if args.small else 0))):
-        ds = load_dataset("cifar10", split, args.data_root, args.cache_dir)
+        ds = load_dataset(args.dataset, split, args.data_root, args.cache_dir)
         if n and n < len(ds):
             ds = ds.select(np.sort(np.random.default_rng(0).choice(len(ds), n, replace=False)))
         tf = eval_transform(eval_recipe(loaded, ds.info))  # the run's own crop and normalisation
         start = time.perf_counter()
-        fs = load_features(model, key, ds, f"cifar10|{args.data_root}|n={n}", split, tf,
+        fs = load_features(model, key, ds, f"{args.dataset}|{args.data_root}|n={n}", split, tf,
                            [args.tap], args.cache_dir, 512, device)
         print(f"features {split}: {tuple(fs.feats[args.tap].shape)} "
               f"({time.perf_counter() - start:.1f} s, cached after the first run)", flush=True)
@@ -145,8 +149,8 @@ def run_sklearn(data: dict, grid: list[float]) -> dict:
             "iterations": iterations}
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -174,6 +178,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    return result
 
 
 if __name__ == "__main__":

@@ -5,8 +5,13 @@
     on the device, per-sample augmentation in batched tensor ops) + the same training step;
 (c) the usual pipeline: torchvision transforms on PIL images in DataLoader workers
     (:class:`pretrain.train.CPUTwoViewBatches`, all available cores) + the same training step;
-plus the augmentation of (b) alone. Prints pairs/s and the ratios b/c and b/a (issue 6 targets
-on one H100, CIFAR-10, ResNet-18 with CIFAR stem, batch 512, bf16: b/c >= 4, b/a >= 0.85).
+(d) with ``--lightly``, when lightly is importable: lightly's own pipeline, ``SimCLRTransform(
+    input_size=32, gaussian_blur=0.0)`` on PIL images in a shuffled DataLoader with all cores,
+    as lightly's CIFAR-10 SimCLR example (``examples/pytorch/simclr.py``) builds it, + the same
+    training step;
+plus the augmentation of (b) alone. Prints pairs/s and the ratios b/c, b/a and b/d (issue 6
+targets on one H100, CIFAR-10, ResNet-18 with CIFAR stem, batch 512, bf16: b/c >= 4,
+b/a >= 0.85).
 
 The training step (:class:`pretrain.step.TrainStep`) never synchronises; each measurement
 runs ``--warmup`` untimed steps, then ``--steps`` timed steps closed by one synchronisation.
@@ -123,6 +128,25 @@ def endless(source: GPUTwoViewBatches | CPUTwoViewBatches, seed: int) -> Iterato
             yield views
 
 
+def lightly_views(dataset: ImageDataset, batch: int, workers: int, device: torch.device,
+                  seed: int) -> Iterator[Views]:
+    """Pipeline (d): lightly's ``SimCLRTransform`` in a DataLoader, views moved to ``device``
+    as (c) moves its own. Raises ImportError when lightly is not installed."""
+    from lightly.transforms import SimCLRTransform
+    from torch.utils.data import DataLoader
+
+    from pretrain.data import TransformedDataset
+
+    two_views = TransformedDataset(dataset, SimCLRTransform(input_size=32, gaussian_blur=0.0))
+    loader = DataLoader(two_views, batch_size=batch, shuffle=True, drop_last=True,
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(seed))
+    while True:
+        for (x1, x2), _ in loader:
+            yield (x1.to(device, non_blocking=True), x2.to(device, non_blocking=True))
+
+
 def pairs_per_s(
     views: Iterator[Views],
     run: Callable[[torch.Tensor, torch.Tensor], object],
@@ -153,6 +177,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default=len(os.sched_getaffinity(0)),
         help="DataLoader workers of pipeline (c) (default: all available cores)",
     )
+    p.add_argument("--lightly", action="store_true",
+                   help="also measure (d): lightly's SimCLRTransform pipeline (needs lightly)")
     p.add_argument("--json", default="", help="append the results as one JSON line to this file")
     args = p.parse_args(argv)
 
@@ -202,6 +228,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         max(args.warmup, 2 * args.workers),
         device,
     )
+    del cpu_source
+    lightly_note = ""
+    if args.lightly:
+        try:
+            views = lightly_views(dataset, b, args.workers, device, args.seed)
+            results["d_lightly_pipeline"] = pairs_per_s(
+                views, train, b, args.steps, max(args.warmup, 2 * args.workers), device)
+        except ImportError as exc:
+            lightly_note = f"(d) skipped: lightly is not importable ({exc})"
     step.read_loss()  # raises if any step produced a non-finite loss
     a, bb, c = results["a_model_only"], results["b_gpu_pipeline"], results["c_cpu_pipeline"]
     rows = [
@@ -210,10 +245,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         (f"(c) CPU pipeline: {args.workers} DataLoader workers + step", c),
         ("    device augmentation alone", results["gpu_augment_only"]),
     ]
+    if "d_lightly_pipeline" in results:
+        rows.append((f"(d) lightly SimCLRTransform, {args.workers} workers + step",
+                     results["d_lightly_pipeline"]))
     for label, value in rows:
         print(f"{label:<56s} {value:10.0f} pairs/s")
+    if lightly_note:
+        print(lightly_note)
     results["b_over_c"], results["b_over_a"] = bb / c, bb / a
     print(f"b/c = {bb / c:.2f} (target >= 4 on an H100)   b/a = {bb / a:.2f} (target >= 0.85)")
+    if "d_lightly_pipeline" in results:
+        results["b_over_d"] = bb / results["d_lightly_pipeline"]
+        print(f"b/d = {results['b_over_d']:.2f} (the device pipeline against lightly's)")
     if args.json:
         record = {**vars(args), **results, "device_name": str(device)}
         if device.type == "cuda":
