@@ -7,8 +7,9 @@ Stages, in order, each within what is left of ``--budget-s`` (default 540 s):
    512 pairs, bf16: (a) model step alone, (b) our device pipeline, (c) our CPU-worker pipeline,
    (d) lightly's ``SimCLRTransform`` pipeline when lightly is importable; b/a, b/c, b/d;
 3. linear probe (:mod:`linear_probe`): features of a fixed random ResNet-18 (50,000 x 512), the
-   same penalty grid, ours on the device against scikit-learn on all CPU cores: both times, the
-   ratio, both chosen penalties and test accuracies;
+   same penalty grid (``--linear-grid``, 23 values by default), ours on the device against
+   scikit-learn on all CPU cores: both times, the ratio, both chosen penalties and test
+   accuracies;
 4. time to accuracy (:mod:`time_to_accuracy`) with the rest of the budget (or ``--tta-s``):
    SimCLR from scratch, then k-NN (k = 200, T = 0.1) on the 10,000 test images.
 
@@ -155,7 +156,7 @@ def stage_linear(args: argparse.Namespace) -> Callable[[float], list[tuple[str, 
         if args.smoke:
             argv += ["--dataset", "digits", "--grid", "1e-4:1e2:5"]
         else:
-            argv += ["--dataset", "cifar10", "--encoder", "resnet18"]
+            argv += ["--dataset", "cifar10", "--encoder", "resnet18", "--grid", args.linear_grid]
         r = linear_probe.main(argv)
         ours, sk = r["ours"], r["sklearn"]
         gap = ours["top1"] - sk["top1"]
@@ -215,6 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--tta-s", type=float, default=0.0, help="stage 4's training budget "
                    "(default: what is left; 480 with --profile tta; 5 with --smoke)")
     p.add_argument("--tests-s", type=float, default=150.0, help="at most this long for stage 1")
+    p.add_argument("--linear-grid", default="1e-6:1e5:23",
+                   help="stage 3's penalty grid lo:hi:num for both solvers (every other value "
+                        "of the probe's 45; scikit-learn's sequential fits must fit the budget)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default="", help="cifar10.tar.xz ('' = ../shared/data)")
     p.add_argument("--cache-dir", default=str(REPO / ".cache" / "simclr-transfer"))
