@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,6 @@ def packages() -> tuple[list[str], list[str]]:
             missing.append(name + (" (optional)" if name in OPTIONAL else ""))
             continue
         try:
-            from importlib.metadata import version
-
             dist = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow"}.get(name, name)
             found.append(f"{name} {version(dist)}")
         except Exception:  # a package without metadata still imports

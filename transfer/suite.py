@@ -40,12 +40,17 @@ import torch
 
 from pretrain.config import PretrainConfig
 from pretrain.config_io import load_config
-from pretrain.data import DATASETS
 from pretrain.errors import ConfigError, UserError
 from pretrain.jsonl import read_jsonl
 from pretrain.model import build_model
-from pretrain.optim import OPTIMIZERS
-from pretrain.run import CHECKPOINT_FILE, RESULTS_FILE, SUMMARY_FILE, run_dir_for, run_name
+from pretrain.run import (
+    CHECKPOINT_FILE,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    check_names,
+    run_dir_for,
+    run_name,
+)
 from pretrain.train import train
 from probes.registry import EVALUATORS, parse_command, run_command
 from transfer.detection.config import DetectionConfig, resolve_preset
@@ -144,12 +149,12 @@ def plan(suite: SuiteConfig) -> list[PretrainCell]:
 
 
 def check_pretrain_config(cfg: PretrainConfig) -> None:
-    """What a pretraining config needs besides data: a known dataset, a model that builds (on
-    the meta device: no memory, no weights), a known optimizer and a run name."""
-    DATASETS.get(cfg.data.name.partition(":")[0])
+    """What a pretraining config needs besides data: its registered names (the check
+    ``simclr-pretrain`` makes, :func:`pretrain.run.check_names`), a model that builds (on
+    the meta device: no memory, no weights) and a run name."""
+    check_names(cfg)
     with torch.device("meta"):
         build_model(cfg.model)
-    OPTIMIZERS.get(cfg.optim.name)
     run_name(cfg)
 
 
@@ -237,10 +242,13 @@ class SuiteReport:
     seconds: float = 0.0
 
 
-def run_suite(suite: SuiteConfig, progress: bool = True) -> SuiteReport:
-    """Run every unfinished cell of ``suite`` (after :func:`check_suite`); returns what ran and
-    what was skipped."""
-    cells = check_suite(suite)
+def run_suite(suite: SuiteConfig, progress: bool = True,
+              cells: list[PretrainCell] | None = None) -> SuiteReport:
+    """Run every unfinished cell of ``suite``; returns what ran and what was skipped.
+
+    ``cells`` are :func:`check_suite`'s result when the caller has checked already; otherwise
+    the suite is checked here first."""
+    cells = check_suite(suite) if cells is None else cells
     report = SuiteReport()
     start = time.perf_counter()
     for cell in cells:
@@ -313,12 +321,12 @@ def run_suite_tool(args: argparse.Namespace) -> dict[str, Any]:
     """``simclr-transfer suite``: check the suite, run the unfinished cells, then print its tables."""
     with entry(f"suite {args.suite}"):
         suite = load_suite(args.suite, args.overrides)
-        check_suite(suite)
+        cells = check_suite(suite)
     if args.dry_run:
         for line in describe_plan(suite):
             print(line)
         return {}
-    report = run_suite(suite)
+    report = run_suite(suite, cells=cells)
     print(
         f"suite {suite.name}: {len(report.pretrained)} runs pretrained, "
         f"{len(report.evaluated)} evaluations, {len(report.skipped)} cells already done, "

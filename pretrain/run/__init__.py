@@ -17,6 +17,7 @@ from pretrain.run.layout import (
     RESULTS_FILE,
     SETUP_FILE,
     SUMMARY_FILE,
+    check_names,
     find_run_dirs,
     is_run_dir,
     prepare_run_dir,
@@ -39,7 +40,7 @@ from pretrain.run.state import (
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "RESULTS_FILE", "RESUME_MAY_CHANGE",
     "SETUP_FILE", "SUMMARY_FILE", "Run", "RunCheckpoint", "RunSetup", "RunState",
-    "find_run_dirs", "is_run_checkpoint", "is_run_dir", "load_run", "load_run_config",
+    "check_names", "find_run_dirs", "is_run_checkpoint", "is_run_dir", "load_run", "load_run_config",
     "open_resume", "prepare_run_dir", "read_checkpoint", "read_setup", "restore", "run_dir_for",
     "run_name", "write_checkpoint", "write_run_files", "write_setup",
 ]

@@ -319,9 +319,10 @@ def run_seed(cfg: DetectionConfig, source: BackboneSource, train_ds: DetectionDa
              test_ds: DetectionDataset, work_dir: Path, resume: bool) -> tuple[dict, dict, str]:
     """Fine-tune and evaluate once with detectron2; returns (metrics, settings extras, device).
 
-    The counterpart of :func:`.command.run_seed` (same arguments, same returns).
+    The counterpart of :func:`.command.run_seed` (same arguments, same returns). ``cfg`` and
+    ``resume`` have passed :func:`check_options` (:func:`.command.engine_runner` calls it before
+    any data is read), so ``resume`` is always False here.
     """
-    check_options(cfg, resume)
     if (work_dir / "last_checkpoint").is_file():
         raise ConfigError(f"{work_dir} already holds a detectron2 run; --engine detectron2 "
                           "cannot resume it: choose another --output-dir or remove the folder")
@@ -367,7 +368,7 @@ def run_seed(cfg: DetectionConfig, source: BackboneSource, train_ds: DetectionDa
                                      f"{trainer.iter + 1} (detectron2): "
                                      f"{str(exc).splitlines()[0]}") from None
         train_wall = time.perf_counter() - start
-        loader = build_detection_test_loader(dataset_dicts(test_ds),
+        loader = build_detection_test_loader(DatasetCatalog.get(test),  # the registered dicts
                                              mapper=DatasetMapper(d2cfg, is_train=False),
                                              batch_size=cfg.eval.batch_size,
                                              num_workers=cfg.data.num_workers)
