@@ -25,10 +25,11 @@ from pretrain.model import SimCLRModel
 from probes.linear import classification_metrics
 
 
-def crop_flip_transform(recipe: ViewRecipe) -> T.Compose:
-    """Random resized crop (area 0.08-1) + horizontal flip, normalised (SimCLR App. B.6)."""
+def crop_flip_transform(recipe: ViewRecipe, scale_min: float = 0.08) -> T.Compose:
+    """Random resized crop (area ``scale_min``-1, 0.08 as Inception) + horizontal flip,
+    normalised (SimCLR App. B.6; its fine-tuning, App. B.5 and B.8, uses the same)."""
     return T.Compose([
-        T.RandomResizedCrop(recipe.image_size, scale=(0.08, 1.0)),
+        T.RandomResizedCrop(recipe.image_size, scale=(scale_min, 1.0)),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(recipe.mean, recipe.std),

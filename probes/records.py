@@ -56,9 +56,17 @@ class _RequiredRecord(TypedDict):
 
 
 class ResultRecord(_RequiredRecord, total=False):
-    """One line of ``results.jsonl`` (see the module docstring)."""
+    """One line of ``results.jsonl`` (see the module docstring).
+
+    Optional keys: ``tags``; and, for fine-tuning (``simclr-transfer finetune``), ``from_tap``
+    (the tap the classifier starts from; equal to ``tap``) and ``label_fraction`` (the share of
+    the training split whose labels were used), top-level so that tables pivot on them
+    (``--cols from_tap``, ``--cols label_fraction``).
+    """
 
     tags: dict[str, str]
+    from_tap: str
+    label_fraction: float
 
 
 def setup_block(loaded: LoadedModel) -> dict[str, Any]:
@@ -87,10 +95,11 @@ def setup_block(loaded: LoadedModel) -> dict[str, Any]:
     return setup
 
 
-def random_init_setup(encoder: str) -> dict[str, Any]:
-    """The ``setup`` block of a randomly initialised backbone (detection's baseline)."""
+def random_init_setup(encoder: str, cifar_stem: bool = False) -> dict[str, Any]:
+    """The ``setup`` block of a randomly initialised backbone (the baseline of detection and
+    fine-tuning: ``head`` is ``random``)."""
     return {"source": "random", "init": "random", "head": "random", "encoder": encoder,
-            "cifar_stem": False}
+            "cifar_stem": cifar_stem}
 
 
 def make_record(
@@ -105,13 +114,15 @@ def make_record(
     wall_s: float,
     device: str,
     tags: dict[str, str] | None = None,
+    optional: dict[str, Any] | None = None,
 ) -> ResultRecord:
     """One result record in the shape documented above (see the module docstring).
 
     Every field but ``time``, ``wall_s``, ``device``, ``hardware``, ``code_version`` and ``tags``
     must be reproducible: table building treats two records of one seed that differ elsewhere
     as different setups. ``tags`` (from ``--tag KEY=VALUE``; suites mark their cells with them)
-    are stored under ``"tags"`` when given.
+    are stored under ``"tags"`` when given; ``optional`` holds other optional keys of
+    :class:`ResultRecord` (``from_tap``, ``label_fraction``).
     """
     record: ResultRecord = {
         "evaluator": evaluator,
@@ -130,6 +141,10 @@ def make_record(
     }
     if tags:
         record["tags"] = dict(tags)
+    for key, value in (optional or {}).items():
+        if key not in ResultRecord.__optional_keys__ or key == "tags":
+            raise KeyError(f"{key!r} is not an optional key of ResultRecord")
+        record[key] = value  # type: ignore[literal-required]
     return record
 
 

@@ -282,8 +282,14 @@ class ProbeSession:
 
     # -- records ------------------------------------------------------------------------------
     def record(self, evaluator: str, tap: str, metrics: dict[str, float],
-               settings: dict[str, Any], splits: dict[str, int], wall_s: float) -> ResultRecord:
-        """Build one record (see :mod:`probes.records`) and append it to the results file."""
+               settings: dict[str, Any], splits: dict[str, int], wall_s: float,
+               setup: dict[str, Any] | None = None,
+               optional: dict[str, Any] | None = None) -> ResultRecord:
+        """Build one record (see :mod:`probes.records`) and append it to the results file.
+
+        ``setup`` replaces the checkpoint's setup block (a random-init baseline has its own);
+        ``optional`` adds optional record keys (``from_tap``, ``label_fraction``).
+        """
         if self._setup is None:
             self._setup = setup_block(self.loaded)
         opts = self.options
@@ -291,8 +297,9 @@ class ProbeSession:
                  "normalize": "" if opts.normalize == "auto" else opts.normalize}
         settings = {**settings, **{k: v for k, v in extra.items() if v}}  # only when they apply
         rec = make_record(
-            evaluator, tap, self.display_name, metrics, settings, self._setup,
-            splits, opts.seed, wall_s, str(self.device), self.tags,
+            evaluator, tap, self.display_name, metrics, settings,
+            self._setup if setup is None else setup, splits, opts.seed, wall_s,
+            str(self.device), self.tags, optional,
         )
         if is_main_process():  # under torchrun every rank computes, rank 0 writes
             write_records([rec], results_path(self.loaded, opts.output_dir))

@@ -35,6 +35,10 @@ FAST = ["data.limit=64", "train.batch_size=32", "model.hidden_dim=32", "model.ou
         "train.progress=false", "train.device=cpu", "train.epochs=2", "train.name=r"]
 
 
+def FINETUNE(c: Ctx) -> list[str]:  # noqa: N802  (a command line, like the constants)
+    return ["finetune", str(c.run), "--steps", "1", "--label-fraction", "0.1", "--no-progress"]
+
+
 @dataclass
 class Ctx:
     """One case's sandbox: ``root`` holds a copy of a run at ``root/r`` (``run``)."""
@@ -237,6 +241,21 @@ CASES = [
          lambda c: ["export", "--format", "detectron2", "--output", str(c.root / "out"),
                     str(c.root / "cifar.pth")], ("CIFAR stem",), prepare=_cifar_stem,
          absent="out"),
+    # simclr-transfer finetune
+    Case("finetune_tap", "finetune: `--from-tap` that the run has not (`head.7`)", "transfer",
+         lambda c: ["finetune", str(c.run), "--from-tap", "head.7"], ("head.7",)),
+    Case("finetune_fraction", "finetune: `--label-fraction 2`", "transfer",
+         lambda c: ["finetune", str(c.run), "--label-fraction", "2"], ("label-fraction",)),
+    Case("finetune_subset_file", "finetune: `--subset-file` with an index out of range",
+         "transfer", lambda c: ["finetune", str(c.run), "--subset-file", str(c.root / "list.txt")],
+         ("list.txt", "out of range"), prepare=_write("list.txt", "99999\n")),
+    Case("finetune_nan", "finetune: a learning rate that makes the loss non-finite", "transfer",
+         lambda c: ["finetune", str(c.run), "--output-dir", str(c.root / "ft"), "--lr-grid",
+                    "1e20", "--steps", "3", "--log-every", "1", "--label-fraction", "0.1",
+                    "--no-progress"], ("non-finite", "step 3")),
+    Case("finetune_no_resume", "finetune: a cell that ran before, without `--resume`",
+         "transfer", lambda c: [*FINETUNE(c), "--output-dir", str(c.root / "ft")], ("--resume",),
+         prepare=lambda c: transfer_main([*FINETUNE(c), "--output-dir", str(c.root / "ft")])),
     # simclr-transfer suite
     Case("suite_missing", "suite file that does not exist", "transfer",
          lambda c: ["suite", str(c.root / "none.yaml")], ("none.yaml",)),

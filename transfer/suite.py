@@ -52,8 +52,11 @@ from pretrain.run import (
     run_name,
 )
 from pretrain.train import train
+from probes.options import from_args
 from probes.registry import EVALUATORS, parse_command, run_command
 from transfer.detection.config import DetectionConfig, resolve_preset
+from transfer.finetune.command import FinetuneOptions
+from transfer.finetune.command import check_options as check_finetune_options
 from transfer.records import Filter, load_records
 from transfer.table_formats import render
 from transfer.tables import TableRequest, check_request, make_table, parse_compare, parse_fields
@@ -194,9 +197,15 @@ def check_detection_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
 
 
+def check_finetune_arguments(args: argparse.Namespace) -> None:
+    """``finetune``'s numeric options are in range (:func:`transfer.finetune.command.check_options`)."""
+    check_finetune_options(from_args(FinetuneOptions, args))
+
+
 # Checks of an evaluator's parsed arguments that need no data, by evaluator name.
 ARGUMENT_CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "detection": check_detection_arguments,
+    "finetune": check_finetune_arguments,
 }
 
 

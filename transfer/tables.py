@@ -100,7 +100,7 @@ def sort_key(
     if name == "head":
         depth = (depths or {}).get(value)
         return (0, depth, value) if depth is not None else (1, 0.0, value)
-    if name == "tap":
+    if name in ("tap", "from_tap"):
         if value == "h":
             return (0, -1.0, value)
         if value.startswith("head.") and value[5:].isdigit():

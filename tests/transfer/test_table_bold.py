@@ -116,6 +116,7 @@ METRICS = {  # evaluator -> metric names its records hold (``{k}``: one per k)
     "quality": ["quality/rankme", "quality/alignment", "quality/uniformity"],
     "fewshot": ["fewshot/5w1s", "fewshot/5w1s_ci95"],
     "detection": ["det/voc07_AP50", "det/coco_AP"],
+    "finetune": ["finetune/top1", "finetune/top5", "finetune/mean_per_class"],
 }
 
 
@@ -125,22 +126,35 @@ def fake_records(cfg: PretrainConfig, line: list[str], tags: dict[str, str]) -> 
     name = line[0]
     with torch.device("meta"):
         taps = build_model(cfg.model).tap_names()
-    default = "h" if name == "detection" else TAPS_ALL
-    chosen = line[line.index("--tap") + 1] if "--tap" in line else default
-    taps = taps if chosen == TAPS_ALL else chosen.split(",")
+    default = "h" if name in ("detection", "finetune") else TAPS_ALL
+    flag = "--from-tap" if name == "finetune" else "--tap"
+    chosen = line[line.index(flag) + 1] if flag in line else default
+    taps = taps if chosen == TAPS_ALL else [t for t in chosen.split(",") if t in taps]
+    fractions = (line[line.index("--label-fraction") + 1].split(",")
+                 if "--label-fraction" in line else ["1"])
     ks = line[line.index("--k") + 1].split(",") if "--k" in line else ["10", "20", "100", "200"]
     names = [m.format(k=k) for m in METRICS[name] for k in (ks if "{k}" in m else [""])]
     identity = describe_head(cfg.model.head, head_shape(cfg.model))
     run = run_dir_for(cfg)
     out = []
+    random = name == "finetune" and "random" in line
     for tap in taps:
-        metrics = {m: zlib.crc32(f"{run}{tap}{m}".encode()) % 1000 / 10 for m in names}
-        out.append({"evaluator": name, "tap": tap, "dataset": cfg.data.name, "metrics": metrics,
-                    "settings": {}, "seed": 0, "tags": tags,
-                    "setup": {"head": identity.label, "head_depth": identity.depth,
-                              "pretrain_seed": cfg.train.seed, "run_dir": str(run),
-                              "checkpoint": str(run / "checkpoint.pt"),
-                              "encoder": cfg.model.encoder, "pretrain_dataset": cfg.data.name}})
+        for fraction in fractions if name == "finetune" else [""]:
+            metrics = {m: zlib.crc32(f"{run}{tap}{m}{fraction}".encode()) % 1000 / 10
+                       for m in names}
+            setup = {"head": identity.label, "head_depth": identity.depth,
+                     "pretrain_seed": cfg.train.seed, "run_dir": str(run),
+                     "checkpoint": str(run / "checkpoint.pt"),
+                     "encoder": cfg.model.encoder, "pretrain_dataset": cfg.data.name}
+            if random:  # probes.records.random_init_setup, with the run's seed (finetune)
+                setup = {"source": "random", "init": "random", "head": "random",
+                         "encoder": cfg.model.encoder, "cifar_stem": cfg.model.cifar_stem,
+                         "pretrain_seed": cfg.train.seed}
+            record = {"evaluator": name, "tap": tap, "dataset": cfg.data.name, "metrics": metrics,
+                      "settings": {}, "seed": 0, "tags": tags, "setup": setup}
+            if name == "finetune":  # the fields finetune records carry (probes.records)
+                record.update(from_tap=tap, label_fraction=float(fraction))
+            out.append(record)
     return out
 
 
