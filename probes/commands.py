@@ -31,7 +31,14 @@ from probes.linear_sgd import evaluate_linear, train_linear_sgd
 from probes.options import add_options, from_args, option
 from probes.registry import Evaluator, register_evaluator
 from probes.retrieval import DEFAULT_RECALL_KS, class_disjoint_retrieval, retrieval_metrics
-from probes.session import ProbeOptions, ProbeSession, float_list, int_list, log_grid
+from probes.session import (
+    ProbeOptions,
+    ProbeSession,
+    SelectionOptions,
+    float_list,
+    int_list,
+    log_grid,
+)
 
 OptionsT = TypeVar("OptionsT", bound=ProbeOptions)
 
@@ -48,15 +55,10 @@ def _num_classes(*sets: FeatureSet) -> int:
 
 # -- linear ----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
-class LinearOptions(ProbeOptions):
+class LinearOptions(SelectionOptions):
     protocol: str = option("lbfgs", "lbfgs: logistic regression, penalty chosen on val "
                            "(default); sgd: SimCLR paper's linear layer on augmented images",
                            choices=["lbfgs", "sgd"])
-    train_split: str = option("train")
-    test_split: str = option("auto", "auto: test, else val")
-    val_split: str = option("auto", "auto: the dataset's val split when it has one besides "
-                            "test, else a stratified hold-out; 'holdout' forces it")
-    val_fraction: float = option(0.2, "hold-out share of train", type=float)
     wd_grid: list[float] = option(list(DEFAULT_GRID), "penalty grid lo:hi:num, log-spaced "
                                   "(weight decay = 1/C; default 1e-6:1e5:45)", type=log_grid)
     select: str = option("top1", choices=["top1", "mean_per_class"])
@@ -82,9 +84,7 @@ def linear(opts: LinearOptions) -> dict[str, float]:
         return _linear_sgd(s, opts, test, test_split)
     train = s.labelled(s.features(opts.train_split), opts.train_split)
     num_classes = _num_classes(train, test)
-    val_split = opts.val_split
-    if val_split == "auto":
-        val_split = "val" if test_split != "val" and s.has_split("val") else "holdout"
+    val_split = s.val_split(opts.val_split, test_split)
     if val_split == "holdout":
         tr_idx, va_idx = stratified_holdout(train.labels.numpy(), opts.val_fraction, opts.seed)
         val = FeatureSet({t: f[va_idx] for t, f in train.feats.items()}, train.labels[va_idx],

@@ -88,6 +88,20 @@ class ProbeOptions:
     json: bool = option(False, "print the result dict as JSON", action="store_true")
 
 
+@dataclass(kw_only=True)
+class SelectionOptions(ProbeOptions):
+    """The splits of an evaluator that selects on validation and tests once (the linear probe,
+    fine-tuning); :meth:`ProbeSession.val_split` resolves ``val_split``."""
+
+    train_split: str = option("train")
+    test_split: str = option("auto", "auto: test, else val")
+    val_split: str = option("auto", "auto: the dataset's val split when it has one besides "
+                            "test, else a stratified hold-out of the labelled training images; "
+                            "'holdout' forces it")
+    val_fraction: float = option(0.2, "hold-out share of the labelled training images",
+                                 type=float)
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """``RUN`` and the options every probe takes (the fields of :class:`ProbeOptions`)."""
     add_options(parser, ProbeOptions)
@@ -104,14 +118,30 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def float_list(text: str) -> list[float]:
+def _numbers(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) <= 0:
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> list[float]:
+    """``"0.07,0.1"`` -> positive numbers."""
+    values = _numbers(text)
+    if min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def nonnegative_float_list(text: str) -> list[float]:
+    """``"0,1e-5"`` -> numbers >= 0 (a weight-decay grid that includes none)."""
+    values = _numbers(text)
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
     return values
 
 
@@ -251,6 +281,13 @@ class ProbeSession:
         if self.has_split("val"):
             return "val"
         raise DataError(f"dataset {self.dataset_name} has neither a test nor a val split")
+
+    def val_split(self, requested: str, test_split: str) -> str:
+        """``auto``: ``val`` when the dataset has a val split that is not the test split, else
+        ``holdout`` (a stratified hold-out of train); anything else as given."""
+        if requested != "auto":
+            return requested
+        return "val" if test_split != "val" and self.has_split("val") else "holdout"
 
     def recipe(self, split: str = "train") -> ViewRecipe:
         """The views of ``split`` (see :func:`eval_recipe`)."""

@@ -42,7 +42,7 @@ from pretrain.model import SimCLRModel, build_model
 from probes.linear_sgd import crop_flip_transform
 from probes.options import option
 from probes.records import ResultRecord, random_init_setup, results_path
-from probes.session import ProbeOptions, ProbeSession, float_list
+from probes.session import ProbeSession, SelectionOptions, float_list, nonnegative_float_list
 from transfer.finetune.loop import CHECKPOINT, FitSpec, RunOptions, evaluate, fit, use_bf16
 from transfer.finetune.model import build_finetune_net, kept_head_layers, reinitialised
 from transfer.finetune.protocols import PROTOCOLS, Protocol, schedule_length
@@ -65,19 +65,8 @@ def fraction_list(text: str) -> list[float]:
     return values
 
 
-def decay_list(text: str) -> list[float]:
-    """``"0,1e-5,1e-4"`` -> weight decays (0 allowed)."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
-    return values
-
-
 @dataclass(kw_only=True)
-class FinetuneOptions(ProbeOptions):
+class FinetuneOptions(SelectionOptions):
     """``simclr-transfer finetune``'s options: the probes' common ones plus the recipe."""
 
     tap: str = option("auto", "tap(s) to fine-tune from: h, head.0, ..., z, a comma list, or "
@@ -98,17 +87,11 @@ class FinetuneOptions(ProbeOptions):
     init: str = option("pretrained", "pretrained: the source's weights; random: the same "
                        "architecture from its pretraining's initialisation (the baseline)",
                        choices=["pretrained", "random"])
-    train_split: str = option("train")
-    test_split: str = option("auto", "auto: test, else val")
-    val_split: str = option("auto", "auto: the dataset's val split when it has one besides "
-                            "test, else a stratified hold-out of the labelled subset; "
-                            "'holdout' forces it")
-    val_fraction: float = option(0.2, "hold-out share of the labelled subset", type=float)
     select: str = option("top1", choices=["top1", "mean_per_class"])
     lr_grid: list[float] = option([], "base learning rate(s) before the protocol's batch "
                                   "scaling (default: the protocol's)", type=float_list)
     wd_grid: list[float] = option([], "weight decay(s), 0 allowed (default: the protocol's)",
-                                  type=decay_list)
+                                  type=nonnegative_float_list)
     epochs: int = option(0, "passes over the labelled images (default: the protocol's)", type=int)
     steps: int = option(0, "optimizer steps instead of epochs", type=int)
     train_batch_size: int = option(0, "global batch (default: the protocol's; capped to the "
@@ -244,10 +227,7 @@ class FinetuneCommand:
         test_labels = labels_of(test_ds, self.test_split)
         self.num_classes = max(len(self.train_ds.classes), int(self.train_labels.max()) + 1,
                                int(test_labels.max()) + 1)
-        val = opts.val_split
-        if val == "auto":
-            val = "val" if self.test_split != "val" and s.has_split("val") else "holdout"
-        self.val_split = val
+        self.val_split = s.val_split(opts.val_split, self.test_split)
         recipe = s.recipe(opts.train_split)
         self.train_transform = crop_flip_transform(recipe, opts.crop_scale_min)
         self.test_transform = eval_transform(recipe)
@@ -396,12 +376,13 @@ class FinetuneCommand:
         """A random-init cell that another run (or an earlier call) trained already: the same
         network, data and settings (the cell's folder is named by them), so its result is
         recorded again for this run, with this call's tags, without training."""
+        start = time.perf_counter()
         if is_main_process():
             print(f"finetune {cell.tap} @ {cell.subset.fraction:g} labels, random init: the same "
                   f"baseline was trained already ({cell.directory}); recording its result")
-        return self.session.record(
+        return self.session.record(  # wall_s: the time spent now (the training is counted once)
             "finetune", cell.tap, earlier["metrics"], earlier["settings"], earlier["splits"],
-            float(earlier.get("wall_s", 0.0)), setup=self.source.setup,
+            time.perf_counter() - start, setup=self.source.setup,
             optional={"from_tap": cell.tap, "label_fraction": cell.subset.fraction})
 
     def settings(self, cell: Cell, spec: FitSpec, lr: float, wd: float,
