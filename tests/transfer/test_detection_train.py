@@ -18,10 +18,11 @@ from transfer.detection.command import aggregate
 from transfer.detection.config import DataConfig, DatasetSpec, ModelConfig, TrainConfig
 from transfer.detection.datasets import load_detection_data
 from transfer.detection.model import make_detector
-from transfer.detection.schedule import batch_indices, warmup_step_schedule
+from transfer.detection.schedule import warmup_step_schedule
 from transfer.detection.structures import DetectionDataset
 from transfer.detection.train import train_detector
 from transfer.detection.weights import load_backbone_source
+from transfer.streams import batch_indices
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The iteration-based fine-tuning loop: SGD, warm-up + steps, multi-scale, flips, exact resume.
 
 Every source of randomness is a function of ``(seed, iteration, rank)``: the images of an
-iteration come from :func:`.schedule.batch_indices`, and torch's global RNG (flips, the
+iteration come from :func:`transfer.streams.batch_indices`, and torch's global RNG (flips, the
 training scale, RPN/ROI sampling) is re-seeded at the start of each iteration. A run resumed
 from ``checkpoint.pt`` at iteration k therefore continues exactly as the uninterrupted run
 would have (same weights on the same hardware). Checkpoints are written atomically.
@@ -28,8 +28,9 @@ from pretrain.errors import ConfigError, NonFiniteLossError, UserError
 from pretrain.jsonl import append_jsonl
 from transfer.detection import distributed as dist
 from transfer.detection.config import TrainConfig
-from transfer.detection.schedule import IterationSampler, iteration_seed, warmup_step_schedule
+from transfer.detection.schedule import warmup_step_schedule
 from transfer.detection.structures import DetectionDataset, collate, hflip, one_line
+from transfer.streams import IterationSampler, iteration_seed
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"

@@ -2,7 +2,7 @@
 DDP with synchronised BN under torchrun, exact resume; and the once-only evaluation.
 
 Every source of randomness is a function of ``(seed, step, position in the global batch)``: the
-images of a step come from :func:`transfer.detection.schedule.batch_indices` (epochs of a seeded
+images of a step come from :func:`transfer.streams.batch_indices` (epochs of a seeded
 permutation cut into global batches, every W-th image to rank r), and each image's random crop
 and flip are drawn after seeding torch's RNG from its own seed (:class:`SeededViews`), in the
 DataLoader worker or the main process alike. A run resumed from ``checkpoint.pt`` at step k
@@ -39,7 +39,7 @@ from pretrain.model import SimCLRModel
 from pretrain.optim import LARS, split_decay_groups, warmup_cosine_schedule
 from pretrain.sync_bn import convert_sync_batchnorm
 from probes.linear import classification_metrics
-from transfer.detection.schedule import batch_indices, iteration_seed
+from transfer.streams import batch_indices, iteration_seed
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"
