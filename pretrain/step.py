@@ -18,6 +18,12 @@ from pretrain.errors import NonFiniteLossError
 from pretrain.loss import nt_xent
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``train.precision`` asks for bf16 autocast on ``device``: ``bf16``, or ``auto``
+    on CUDA (fp32 elsewhere). Pretraining, detection and fine-tuning all decide it here."""
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+
+
 class TrainStep:
     """One SimCLR optimisation step that never waits for the device.
 
@@ -52,7 +58,7 @@ class TrainStep:
     ) -> None:
         self.model, self.optimizer, self.temperature = model, optimizer, temperature
         self.device = torch.device(device)
-        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.bf16 = use_bf16(precision, self.device)
         self.channels_last = channels_last and self.device.type == "cuda"
         self.cuda_graphs = compile_mode == "reduce-overhead"
         self._forward: Any = self._forward_loss

@@ -26,6 +26,7 @@ from pretrain.distributed import resolve_device
 from pretrain.errors import ConfigError
 from pretrain.jsonl import append_jsonl
 from pretrain.run import RESULTS_FILE
+from pretrain.step import use_bf16
 from probes.records import parse_tags
 from transfer.detection import distributed as dist
 from transfer.detection.config import DetectionConfig, resolve_preset
@@ -35,7 +36,7 @@ from transfer.detection.model import make_detector
 from transfer.detection.precise_bn import update_bn_stats
 from transfer.detection.record import detection_record, record_settings
 from transfer.detection.structures import DetectionDataset
-from transfer.detection.train import CHECKPOINT, train_detector, training_batches, use_bf16
+from transfer.detection.train import CHECKPOINT, train_detector, training_batches
 from transfer.detection.weights import BackboneSource, load_backbone_source
 
 STD_KEYS = frozenset(k for keys in HEADLINE.values() for k in keys)  # both families

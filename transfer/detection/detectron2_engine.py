@@ -76,12 +76,12 @@ from torch import nn
 
 from pretrain.distributed import is_distributed, resolve_device
 from pretrain.errors import ConfigError, NonFiniteLossError
+from pretrain.step import use_bf16
 from transfer.detection.config import DetectionConfig
 from transfer.detection.detectron2_config import detectron2_config
 from transfer.detection.detectron2_weights import detectron2_backbone, write_detectron2_pickle
 from transfer.detection.evaluate import detection_metrics
 from transfer.detection.structures import DetectionDataset
-from transfer.detection.train import use_bf16
 from transfer.detection.weights import BackboneSource
 
 WEIGHTS_FILE = "backbone_d2.pkl"

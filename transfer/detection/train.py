@@ -26,6 +26,7 @@ from tqdm import tqdm
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
 from pretrain.errors import ConfigError, NonFiniteLossError, UserError
 from pretrain.jsonl import append_jsonl
+from pretrain.step import use_bf16
 from transfer.detection import distributed as dist
 from transfer.detection.config import TrainConfig
 from transfer.detection.schedule import warmup_step_schedule
@@ -35,10 +36,6 @@ from transfer.streams import IterationSampler, iteration_seed
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float) -> list[dict]:

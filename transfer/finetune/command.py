@@ -39,11 +39,12 @@ from pretrain.data import ImageDataset, dataset_fingerprint
 from pretrain.distributed import is_distributed, is_main_process, world_size
 from pretrain.errors import ConfigError, DataError, UserError
 from pretrain.model import SimCLRModel, build_model
+from pretrain.step import use_bf16
 from probes.linear_sgd import crop_flip_transform
 from probes.options import option
 from probes.records import ResultRecord, random_init_setup, results_path
 from probes.session import ProbeSession, SelectionOptions, float_list, nonnegative_float_list
-from transfer.finetune.loop import CHECKPOINT, FitSpec, RunOptions, evaluate, fit, use_bf16
+from transfer.finetune.loop import CHECKPOINT, FitSpec, RunOptions, evaluate, fit
 from transfer.finetune.model import build_finetune_net, kept_head_layers, reinitialised
 from transfer.finetune.protocols import PROTOCOLS, Protocol, schedule_length
 from transfer.finetune.subsets import (

@@ -37,6 +37,7 @@ from pretrain.features import extract_features
 from pretrain.jsonl import append_jsonl
 from pretrain.model import SimCLRModel
 from pretrain.optim import LARS, split_decay_groups, warmup_cosine_schedule
+from pretrain.step import use_bf16
 from pretrain.sync_bn import convert_sync_batchnorm
 from probes.linear import classification_metrics
 from transfer.streams import batch_indices, iteration_seed
@@ -82,10 +83,6 @@ class RunOptions:
     progress: bool = True
     log_every: int = 50
     checkpoint_every: int = 0  # steps; 0 = once per pass over the images
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 def sample_seed(seed: int, step: int, position: int) -> int:
