@@ -24,6 +24,33 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
 
 
+class DeviceLossMeter:
+    """Losses summed on the device, with the index of the first non-finite one: adding never
+    waits for the device, :meth:`read` is the one host synchronisation. The SimCLR step and
+    fine-tuning (:mod:`transfer.finetune.loop`) both keep their loss in one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._sum = torch.zeros((), device=device)
+        self._count = 0
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        """Add the detached scalar ``loss`` of 0-based step ``step``."""
+        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, step, self._first_bad)
+        self._sum = self._sum + loss
+        self._count += 1
+
+    def read(self) -> tuple[float, int]:
+        """(mean loss since the last read, NaN if none; the 0-based step of the first
+        non-finite loss ever added, -1 if none). Starts a new mean."""
+        first_bad, total = int(self._first_bad), float(self._sum)
+        mean = total / self._count if self._count else float("nan")
+        self._sum.zero_()
+        self._count = 0
+        return mean, first_bad
+
+
 class TrainStep:
     """One SimCLR optimisation step that never waits for the device.
 
@@ -65,9 +92,7 @@ class TrainStep:
         if compile_mode != "none":
             self._forward = torch.compile(self._forward_loss, mode=compile_mode)
         self.steps = 0
-        self._sum = torch.zeros((), device=self.device)
-        self._count = 0
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._losses = DeviceLossMeter(self.device)
 
     def _forward_loss(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x1, x2])
@@ -93,22 +118,16 @@ class TrainStep:
         loss.backward()
         self.optimizer.step()
         loss = loss.detach().clone()  # a CUDA-graph output is overwritten by the next replay
-        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
-        self._first_bad = torch.where(bad, self.steps, self._first_bad)
-        self._sum = self._sum + loss
-        self._count += 1
+        self._losses.add(loss, self.steps)
         self.steps += 1
         return loss
 
     def read_loss(self) -> float:
         """Mean loss over the steps since the last read (one host sync); NaN if none."""
-        first_bad, total = int(self._first_bad), float(self._sum)
-        mean = total / self._count if self._count else float("nan")
+        mean, first_bad = self._losses.read()
         if first_bad >= 0:
             raise NonFiniteLossError(
                 f"non-finite NT-Xent loss at step {first_bad + 1} (mean since the last read: "
                 f"{mean}); lower optim.lr or check the data"
             )
-        self._sum.zero_()
-        self._count = 0
         return mean

@@ -40,6 +40,7 @@ from pretrain.distributed import is_distributed, is_main_process, world_size
 from pretrain.errors import ConfigError, DataError, UserError
 from pretrain.model import SimCLRModel, build_model
 from pretrain.step import use_bf16
+from probes.features import fingerprint
 from probes.linear_sgd import crop_flip_transform
 from probes.options import option
 from probes.records import ResultRecord, random_init_setup, results_path
@@ -146,11 +147,6 @@ def resolve_taps(spec: str, protocol: Protocol, fraction: float, taps: list[str]
     return kept
 
 
-def digest(*parts: Any, size: int = 8) -> str:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
-                           digest_size=size).hexdigest()
-
-
 def labels_of(ds: ImageDataset, split: str) -> np.ndarray:
     labels = np.asarray(ds.targets)
     if len(labels) == 0 or labels.min() < 0:
@@ -204,7 +200,6 @@ class Cell:
 
     tap: str
     subset: LabelledSubset
-    protocol: Protocol
     directory: Path
     identity: dict[str, Any]
 
@@ -260,19 +255,19 @@ class FinetuneCommand:
         identity = {
             "source": source, "tap": tap, "classes": self.num_classes,
             "images": dataset_fingerprint(self.train_ds), "limit": o.limit,
-            "subset": digest(subset.indices.tolist(), size=16), "protocol": self.protocol.name,
+            "subset": fingerprint(subset.indices.tolist(), size=16), "protocol": self.protocol.name,
             "lr_grid": self.lr_grid, "wd_grid": self.wd_grid, "epochs": o.epochs, "steps": o.steps,
             "batch": o.train_batch_size, "seed": o.seed, "val": [self.val_split, o.val_fraction,
                                                                  o.select],
             "transform": repr(self.train_transform), "world": world_size(),
         }
         name = (f"{tap}_f{subset.fraction:g}_{self.protocol.name}_{self.source.init}_s{o.seed}-"
-                f"{digest(identity)}")
-        return Cell(tap, subset, self.protocol, root / name, identity)
+                f"{fingerprint(identity)}")
+        return Cell(tap, subset, root / name, identity)
 
     def fit_spec(self, cell: Cell, num_images: int, lr: float, wd: float) -> FitSpec:
         """The training of ``num_images`` labelled images at base lr ``lr``, grid decay ``wd``."""
-        p, world = cell.protocol, world_size()
+        p, world = self.protocol, world_size()
         batch = min(self.opts.train_batch_size or p.batch_size, num_images)
         batch -= batch % world
         if batch < 1:
@@ -291,18 +286,19 @@ class FinetuneCommand:
         spec = self.fit_spec(cell, len(indices), lr, wd)
         net = build_finetune_net(self.source.model, cell.tap, self.num_classes)
         identity = json.dumps({**cell.identity, "fit": dataclasses.asdict(spec),
-                               "indices": digest(indices.tolist(), size=16)}, sort_keys=True)
+                               "indices": fingerprint(indices.tolist(), size=16)}, sort_keys=True)
         if is_main_process():
             folder.mkdir(parents=True, exist_ok=True)
         stats = fit(net, self.train_ds.select(indices), self.train_transform, spec,
                     self.run_options, folder, identity, resume=self.opts.resume)
         return net, spec, stats
 
-    def select(self, cell: Cell) -> tuple[float, float, list[dict[str, Any]], np.ndarray, int]:
-        """(chosen lr, chosen wd, the validation curve, final training indices, val images)."""
+    def select(self, cell: Cell) -> tuple[float, float, list[dict[str, Any]], int]:
+        """(chosen lr, chosen wd, the validation curve, val images); the final model is then
+        refit on the whole labelled subset (train + val)."""
         grid = [(lr, wd) for lr in self.lr_grid for wd in self.wd_grid]
         if len(grid) == 1:
-            return grid[0][0], grid[0][1], [], cell.subset.indices, 0
+            return grid[0][0], grid[0][1], [], 0
         if self.val_split == "holdout":
             fit_idx, val_idx = validation_holdout(self.train_labels, cell.subset,
                                                   self.opts.val_fraction, self.opts.seed)
@@ -331,8 +327,7 @@ class FinetuneCommand:
                 print(f"finetune {cell.tap} @ {cell.subset.fraction:g} labels: lr {lr:g} wd {wd:g} "
                       f"-> val {self.opts.select} {metrics[self.opts.select]:.2f}")
         best = max(range(len(curve)), key=lambda i: (curve[i][self.opts.select], -i))
-        final_idx = cell.subset.indices  # refit on train + val (the labelled subset)
-        return curve[best]["lr"], curve[best]["wd"], curve, final_idx, len(val_ds)
+        return curve[best]["lr"], curve[best]["wd"], curve, len(val_ds)
 
     def run_cell(self, cell: Cell) -> ResultRecord:
         opts, s = self.opts, self.session
@@ -352,14 +347,15 @@ class FinetuneCommand:
         if is_distributed():  # every rank has looked before rank 0 creates the folder
             torch.distributed.barrier()
         start = time.perf_counter()
-        lr, wd, curve, final_idx, val_images = self.select(cell)
-        net, spec, stats = self.train_one(cell, final_idx, lr, wd, cell.directory / "final")
+        lr, wd, curve, val_images = self.select(cell)
+        net, spec, stats = self.train_one(cell, cell.subset.indices, lr, wd,
+                                          cell.directory / "final")
         metrics = {f"finetune/{k}": v for k, v in evaluate(
             net, self.test_ds, self.test_transform, s.device, opts.batch_size, opts.workers).items()}
         if curve:
             metrics["finetune/val_score"] = max(c[opts.select] for c in curve)
         settings = self.settings(cell, spec, lr, wd, curve, stats)
-        splits = {"train": len(final_idx), "test": len(self.test_ds)}
+        splits = {"train": len(cell.subset), "test": len(self.test_ds)}
         if val_images:
             splits["val"] = val_images
         record = s.record("finetune", cell.tap, metrics, settings, splits,
@@ -388,7 +384,7 @@ class FinetuneCommand:
 
     def settings(self, cell: Cell, spec: FitSpec, lr: float, wd: float,
                  curve: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
-        o, p, subset = self.opts, cell.protocol, cell.subset
+        o, p, subset = self.opts, self.protocol, cell.subset
         return {
             "from_tap": cell.tap, "label_fraction": subset.fraction,  # also record fields
             "protocol": p.name, "protocol_source": p.source, "init": self.source.init,

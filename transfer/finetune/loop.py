@@ -26,7 +26,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pretrain import distributed as dist_utils
@@ -37,10 +37,10 @@ from pretrain.features import extract_features
 from pretrain.jsonl import append_jsonl
 from pretrain.model import SimCLRModel
 from pretrain.optim import LARS, split_decay_groups, warmup_cosine_schedule
-from pretrain.step import use_bf16
+from pretrain.step import DeviceLossMeter, use_bf16
 from pretrain.sync_bn import convert_sync_batchnorm
 from probes.linear import classification_metrics
-from transfer.streams import batch_indices, iteration_seed
+from transfer.streams import IterationSampler, iteration_seed
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"
@@ -110,21 +110,14 @@ class SeededViews(Dataset):
         return view, self.base.targets[index]
 
 
-class SeededBatches(Sampler):
-    """Batch sampler over steps ``start .. stop - 1``: this rank's ``(index, seed)`` pairs."""
+class SeededBatches(IterationSampler):
+    """The stream's batches of steps ``start_iter .. max_iter - 1`` as this rank's
+    ``(index, seed)`` pairs (the batch sampler of :class:`SeededViews`)."""
 
-    def __init__(self, num_images: int, batch_size: int, seed: int, start: int, stop: int,
-                 rank: int = 0, world_size: int = 1) -> None:
-        self.args = (num_images, batch_size, seed, rank, world_size)
-        self.start, self.stop = start, stop
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        n, b, seed, rank, world = self.args
-        for step in range(self.start, self.stop):
-            idx = batch_indices(n, b, step, seed, rank, world)  # global positions rank::world
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:  # type: ignore[override]
+        _, _, seed, rank, world = self.args
+        for step, idx in enumerate(super().__iter__(), start=self.start_iter):
+            # rank r holds global positions r, r + W, ...: seeds do not depend on W
             yield [(i, sample_seed(seed, step, rank + j * world)) for j, i in enumerate(idx)]
 
 
@@ -206,9 +199,8 @@ def fit(
     )
     bf16 = use_bf16(run.precision, device)
     main = dist_utils.is_main_process()
-    loss_sum = torch.zeros((), device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    window, last_loss = 0, float("nan")
+    losses = DeviceLossMeter(device)
+    last_loss = float("nan")
     t0 = time.perf_counter()
     bar = tqdm(total=spec.total_steps, initial=start, desc="fine-tune", unit="step", leave=False,
                disable=not (run.progress and main), dynamic_ncols=True)
@@ -228,19 +220,15 @@ def fit(
             loss.backward()
             optimizer.step()
             loss = loss.detach()
-            first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), step, first_bad)
-            loss_sum, window = loss_sum + loss, window + 1
+            losses.add(loss, step)
             done = step + 1
             save = done % every == 0 or done == spec.total_steps
             if save or done % run.log_every == 0:  # the only host synchronisation
-                bad = int(first_bad)
+                last_loss, bad = losses.read()
                 if bad >= 0:
                     raise NonFiniteLossError(
                         f"non-finite fine-tuning loss at step {bad + 1} of {spec.total_steps} "
                         f"(lr {lrs[bad]:.4g}); lower the learning rate or check the data")
-                last_loss = float(loss_sum) / window
-                loss_sum.zero_()
-                window = 0
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lrs[step]:.3g}")
                 if main:
                     append_jsonl(work_dir / TRAIN_LOG, {"step": done, "lr": lrs[step],
