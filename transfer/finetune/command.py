@@ -216,6 +216,7 @@ class FinetuneCommand:
         assert train_ds is not None
         self.train_ds: ImageDataset = train_ds
         self.train_labels = labels_of(self.train_ds, opts.train_split)
+        self.images = dataset_fingerprint(train_ds)  # one stat per file: once, not per cell
         self.test_split = s.test_split(opts.test_split)
         test_ds = s.dataset(self.test_split)
         assert test_ds is not None
@@ -254,7 +255,7 @@ class FinetuneCommand:
             source, root = f"random:{weights_digest(net.encoder, net.head)}", self.baseline_root
         identity = {
             "source": source, "tap": tap, "classes": self.num_classes,
-            "images": dataset_fingerprint(self.train_ds), "limit": o.limit,
+            "images": self.images, "limit": o.limit,
             "subset": fingerprint(subset.indices.tolist(), size=16), "protocol": self.protocol.name,
             "lr_grid": self.lr_grid, "wd_grid": self.wd_grid, "epochs": o.epochs, "steps": o.steps,
             "batch": o.train_batch_size, "seed": o.seed, "val": [self.val_split, o.val_fraction,
