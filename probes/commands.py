@@ -25,9 +25,11 @@ from pretrain.errors import UserError
 from pretrain.quality import quality_from_features, view_features
 from probes.features import FeatureSet
 from probes.fewshot import fewshot_accuracy
-from probes.knn import DEFAULT_KS, knn_classify
+from probes.knn import DEFAULT_KS, knn_classify, knn_multilabel
 from probes.linear import DEFAULT_GRID, linear_probe, stratified_holdout
+from probes.linear_multilabel import linear_probe_multilabel
 from probes.linear_sgd import evaluate_linear, train_linear_sgd
+from probes.metrics import with_score
 from probes.options import add_options, from_args, option
 from probes.registry import Evaluator, register_evaluator
 from probes.retrieval import DEFAULT_RECALL_KS, class_disjoint_retrieval, retrieval_metrics
@@ -53,6 +55,21 @@ def _num_classes(*sets: FeatureSet) -> int:
     return max(max(len(fs.classes), int(fs.labels.max()) + 1) for fs in sets)
 
 
+def _split_features(fs: FeatureSet, fraction: float, seed: int) -> tuple[FeatureSet, FeatureSet]:
+    """(train, val) of a seeded hold-out of ``fs``: stratified by class
+    (:func:`~probes.linear.stratified_holdout`), or a plain seeded random share of a multi-label
+    set (no single class to stratify by)."""
+    if fs.labels.dim() == 2:
+        order = np.random.default_rng(seed).permutation(len(fs))
+        n_val = max(1, int(round(fraction * len(fs))))
+        va_idx, tr_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    else:
+        tr_idx, va_idx = stratified_holdout(fs.labels.numpy(), fraction, seed)
+    pick = lambda idx: FeatureSet({t: f[idx] for t, f in fs.feats.items()},  # noqa: E731
+                                  fs.labels[idx], fs.classes)
+    return pick(tr_idx), pick(va_idx)
+
+
 # -- linear ----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class LinearOptions(SelectionOptions):
@@ -61,7 +78,9 @@ class LinearOptions(SelectionOptions):
                            choices=["lbfgs", "sgd"])
     wd_grid: list[float] = option(list(DEFAULT_GRID), "penalty grid lo:hi:num, log-spaced "
                                   "(weight decay = 1/C; default 1e-6:1e5:45)", type=log_grid)
-    select: str = option("top1", choices=["top1", "mean_per_class"])
+    select: str = option("auto", "validation metric; auto: the dataset's protocol metric "
+                         "(mean per-class accuracy for Aircraft, Pets, Caltech-101, Flowers; "
+                         "mAP for VOC2007)", choices=["auto", "top1", "mean_per_class"])
     solver: str = option("auto", "sequential warm-started fits (CPU default) or all penalties "
                          "at once (CUDA default)", choices=["auto", "sequential", "batched"])
     max_iter: int | None = option(None, "L-BFGS iterations per penalty (default 100 sequential, "
@@ -79,35 +98,42 @@ def linear(opts: LinearOptions) -> dict[str, float]:
     """Linear probe at every tap of ``opts``; one record per tap."""
     s = ProbeSession.open(opts)
     test_split = s.test_split(opts.test_split)
-    test = s.labelled(s.features(test_split), test_split)
+    headline = s.headline(test_split)
+    multilabel = headline == "map11"
     if opts.protocol == "sgd":  # trains on augmented images: no train features needed
+        test = s.labelled(s.features(test_split), test_split)
         return _linear_sgd(s, opts, test, test_split)
-    train = s.labelled(s.features(opts.train_split), opts.train_split)
-    num_classes = _num_classes(train, test)
+    test = s.labelled(s.features(test_split), test_split, multilabel_ok=True)
+    train = s.labelled(s.features(opts.train_split), opts.train_split, multilabel_ok=True)
+    num_classes = train.labels.shape[1] if multilabel else _num_classes(train, test)
+    select = headline if opts.select == "auto" or multilabel else opts.select
     val_split = s.val_split(opts.val_split, test_split)
     if val_split == "holdout":
-        tr_idx, va_idx = stratified_holdout(train.labels.numpy(), opts.val_fraction, opts.seed)
-        val = FeatureSet({t: f[va_idx] for t, f in train.feats.items()}, train.labels[va_idx],
-                         train.classes)
-        train = FeatureSet({t: f[tr_idx] for t, f in train.feats.items()}, train.labels[tr_idx],
-                           train.classes)
+        train, val = _split_features(train, opts.val_fraction, opts.seed)
     else:
-        val = s.labelled(s.features(val_split), val_split)
+        val = s.labelled(s.features(val_split), val_split, multilabel_ok=True)
     dev = s.device
     for tap in s.taps:
         tr = (train.feats[tap].to(dev), train.labels.to(dev))
         va = (val.feats[tap].to(dev), val.labels.to(dev))
         te = (test.feats[tap].to(dev), test.labels.to(dev))
         start = time.perf_counter()
-        res = linear_probe(tr, va, te, num_classes, opts.wd_grid, opts.select, opts.max_iter,
-                           opts.refit_max_iter, opts.tol, opts.standardize, opts.solver)
-        metrics = {f"linear/{k}": v for k, v in res.metrics.items()}
+        if multilabel:  # one binary logistic regression per class, selected by val mAP
+            res = linear_probe_multilabel(tr, va, te, opts.wd_grid, opts.max_iter,
+                                          opts.refit_max_iter, opts.tol, opts.standardize)
+        else:
+            res = linear_probe(tr, va, te, num_classes, opts.wd_grid, select,
+                               opts.max_iter, opts.refit_max_iter, opts.tol, opts.standardize,
+                               opts.solver)
+        metrics = with_score({f"linear/{k}": v for k, v in res.metrics.items()}, "linear",
+                             headline)
         metrics["linear/wd"] = res.wd
         metrics["linear/val_score"] = max(score for _, score in res.val_curve)
         settings = {
             "protocol": "lbfgs", "wd_grid": [min(opts.wd_grid), max(opts.wd_grid),
                                              len(opts.wd_grid)],
-            "select": opts.select, "val": val_split, "val_fraction": opts.val_fraction,
+            "select": select, "score": headline,
+            "val": val_split, "val_fraction": opts.val_fraction,
             "solver": res.solver, "max_iter": res.max_iter,
             "refit_max_iter": opts.refit_max_iter, "tol": opts.tol,
             "standardize": opts.standardize,
@@ -133,10 +159,12 @@ def _linear_sgd(s: ProbeSession, opts: LinearOptions, test: FeatureSet,
         num_workers=opts.workers,
     )
     wall = (time.perf_counter() - start) / len(s.taps)
+    headline = s.headline(test_split)
     for tap in s.taps:
-        metrics = {f"linear/{k}": v for k, v in
-                   evaluate_linear(heads[tap], test.feats[tap], test.labels).items()}
-        settings = {"protocol": "sgd", "epochs": opts.epochs, "lr": opts.lr,
+        metrics = with_score({f"linear/{k}": v for k, v in
+                              evaluate_linear(heads[tap], test.feats[tap], test.labels).items()},
+                             "linear", headline)
+        settings = {"protocol": "sgd", "score": headline, "epochs": opts.epochs, "lr": opts.lr,
                     "batch_size": opts.sgd_batch_size, "momentum": 0.9, "nesterov": True,
                     "weight_decay": 0.0, "schedule": "cosine", "augment": "crop+flip",
                     "train_split": opts.train_split, "test_split": test_split}
@@ -159,18 +187,25 @@ def knn(opts: KnnOptions) -> dict[str, float]:
     """Weighted k-NN at every tap, k and temperature of ``opts``; one record per (tap, T)."""
     s = ProbeSession.open(opts)
     test_split = s.test_split(opts.test_split)
-    train = s.labelled(s.features(opts.train_split), opts.train_split)
-    test = s.labelled(s.features(test_split), test_split)
-    num_classes = _num_classes(train, test)
+    headline = s.headline(test_split)
+    train = s.labelled(s.features(opts.train_split), opts.train_split, multilabel_ok=True)
+    test = s.labelled(s.features(test_split), test_split, multilabel_ok=True)
+    score_k = min(max(opts.k), len(train))  # transfer/score: the headline metric at the largest k
     suffix = {}
     for tap in s.taps:
         for t in opts.temperature:
-            metrics, wall = _timed(lambda tap=tap, t=t: knn_classify(  # type: ignore[misc]
-                train.feats[tap].to(s.device), train.labels, test.feats[tap], test.labels,
-                opts.k, t, num_classes, opts.chunk_size))
+            bank, queries = train.feats[tap].to(s.device), test.feats[tap]
+            if headline == "map11":
+                metrics, wall = _timed(lambda b=bank, q=queries, t=t: knn_multilabel(  # type: ignore[misc]
+                    b, train.labels, q, test.labels, opts.k, t, opts.chunk_size))
+            else:
+                metrics, wall = _timed(lambda b=bank, q=queries, t=t: knn_classify(  # type: ignore[misc]
+                    b, train.labels, q, test.labels, opts.k, t, _num_classes(train, test),
+                    opts.chunk_size))
+            metrics = with_score(metrics, "knn", headline, f"@k{score_k}")
             settings = {"k": opts.k, "k_effective": [min(k, len(train)) for k in opts.k],
-                        "temperature": t, "train_split": opts.train_split,
-                        "test_split": test_split}
+                        "temperature": t, "score": f"{headline}@k{score_k}",
+                        "train_split": opts.train_split, "test_split": test_split}
             if len(opts.temperature) > 1:
                 suffix[len(s.records)] = f"@t{t:g}"
             s.record("knn", tap, metrics, settings, {"train": len(train), "test": len(test)},

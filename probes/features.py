@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
@@ -39,14 +40,15 @@ log = logging.getLogger("simclr_transfer.probes")
 
 @dataclass
 class FeatureSet:
-    """Features of one dataset split: ``feats[tap]`` (N, D_tap) float32, ``labels`` (N,) int64."""
+    """Features of one dataset split: ``feats[tap]`` (N, D_tap) float32, ``labels`` (N,) int64
+    (or (N, C) in {1, 0, -1} for a multi-label dataset)."""
 
     feats: dict[str, torch.Tensor]
     labels: torch.Tensor
     classes: list[str]
 
     def __len__(self) -> int:
-        return int(self.labels.numel())
+        return int(self.labels.shape[0])
 
 
 def fingerprint(*parts: object, size: int = 8) -> str:
@@ -82,7 +84,7 @@ def read_cached(path: Path, labels: torch.Tensor, content: str = "") -> torch.Te
             return None
         if not isinstance(feats, torch.Tensor) or feats.dim() != 2:
             problem = "features are not a 2-D tensor"
-        elif feats.shape[0] != labels.numel() or not torch.equal(data["labels"], labels):
+        elif feats.shape[0] != labels.shape[0] or not torch.equal(data["labels"], labels):
             problem = f"{feats.shape[0]} rows or labels do not match the dataset"
         elif data["checksum"] != checksum(feats):
             problem = "checksum mismatch"
@@ -126,7 +128,7 @@ def load_features(
         model_key: identifies the weights (checkpoint content hash plus architecture).
         dataset_id: identifies the images (name, root, limit); ``split`` names the split.
     """
-    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)  # (N,) or (N, C)
     transform_id = repr(transform)
     feats: dict[str, torch.Tensor] = {}
     paths = (

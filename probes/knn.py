@@ -17,10 +17,12 @@ no neighbour voted for is never a hit, however few classes there are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from probes.metrics import mean_per_class_accuracy, multilabel_metrics
 
 DEFAULT_KS = (10, 20, 100, 200)
 
@@ -53,17 +55,25 @@ def knn_scores(
     labels = train_labels.to(bank.device)
     k_max = min(max(ks), bank.shape[0])
     out = {k: torch.empty(test_feats.shape[0], num_classes, device=bank.device) for k in ks}
-    for start in range(0, test_feats.shape[0], batch_size):
-        q = F.normalize(test_feats[start : start + batch_size].float().to(bank.device), dim=1)
-        sim, idx = (q @ bank.t()).topk(k_max, dim=1)  # (B, k_max), sorted by similarity
-        weight = (sim / temperature).exp()
+    for start, weight, idx in nearest(bank, test_feats, k_max, temperature, batch_size):
         neighbour = labels[idx]
         for k in ks:
             kk = min(k, k_max)
-            scores = torch.zeros(q.shape[0], num_classes, device=bank.device)
+            scores = torch.zeros(idx.shape[0], num_classes, device=bank.device)
             scores.scatter_add_(1, neighbour[:, :kk], weight[:, :kk])
-            out[k][start : start + q.shape[0]] = scores
+            out[k][start : start + idx.shape[0]] = scores
     return out
+
+
+def nearest(bank: torch.Tensor, test_feats: torch.Tensor, k: int, temperature: float,
+            batch_size: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per chunk of ``batch_size`` test rows: (first row, vote weights exp(cos / T) (B, k),
+    indices into ``bank`` (B, k)) of the k nearest bank rows, most similar first.
+    ``bank``: (N, D) L2-normalised; ``test_feats``: (M, D), normalised here."""
+    for start in range(0, test_feats.shape[0], batch_size):
+        q = F.normalize(test_feats[start : start + batch_size].float().to(bank.device), dim=1)
+        sim, idx = (q @ bank.t()).topk(k, dim=1)
+        yield start, (sim / temperature).exp(), idx
 
 
 def knn_classify(
@@ -94,6 +104,39 @@ def knn_classify(
         target = test_labels.to(s.device)
         best, top = s.topk(min(5, num_classes), dim=1)
         voted_hit = (top == target[:, None]) & (best > 0)  # a class nobody voted for is no hit
-        metrics[f"knn/top1@k{k}"] = 100.0 * (s.argmax(1) == target).float().mean().item()
+        correct = s.argmax(1) == target
+        metrics[f"knn/top1@k{k}"] = 100.0 * correct.float().mean().item()
         metrics[f"knn/top5@k{k}"] = 100.0 * voted_hit.any(1).float().mean().item()
+        metrics[f"knn/mean_per_class@k{k}"] = mean_per_class_accuracy(correct, target)
     return metrics
+
+
+@torch.no_grad()
+def knn_multilabel(
+    train_feats: torch.Tensor,
+    train_targets: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_targets: torch.Tensor,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperature: float = 0.1,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """k-NN of a multi-label dataset (VOC2007): ``{"knn/map11@k20": percent, ...}``.
+
+    The score of class c for a test image is the vote of its k nearest train images (cosine,
+    weight exp(cos / T), as above) that hold c, and the classes are ranked per class by it
+    (11-point mAP, :func:`probes.metrics.multilabel_metrics`). targets: (N, C) and (M, C) in
+    {1, 0, -1}; a train image votes for c only where its target is 1.
+    """
+    if train_feats.shape[0] == 0 or test_feats.shape[0] == 0:
+        raise ValueError("k-NN needs train and test images")
+    bank = F.normalize(train_feats.float(), dim=1)
+    present = (train_targets.to(bank.device) == 1).float()  # (N, C)
+    effective = sorted({min(k, bank.shape[0]) for k in ks})
+    scores = {k: torch.empty(test_feats.shape[0], present.shape[1]) for k in effective}
+    for start, weight, idx in nearest(bank, test_feats, effective[-1], temperature, batch_size):
+        for k in effective:
+            votes = (weight[:, :k, None] * present[idx[:, :k]]).sum(1)  # (B, C)
+            scores[k][start : start + idx.shape[0]] = votes.cpu()
+    return {f"knn/map11@k{k}": multilabel_metrics(s, test_targets)["map11"]
+            for k, s in scores.items()}

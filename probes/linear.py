@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from probes.logreg_batched import fit_logistic_batched
+from probes.metrics import classification_metrics
 
 DEFAULT_GRID = tuple(float(v) for v in np.logspace(-6, 5, 45))  # weight decay = 1 / C
 
@@ -52,6 +53,27 @@ def stratified_holdout(
     return train_idx, val_idx
 
 
+def lbfgs_problem(
+    x: torch.Tensor, outputs: int, init: tuple[torch.Tensor, torch.Tensor] | None,
+    max_iter: int, tol: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.optim.LBFGS]:
+    """Weights W (outputs, D) and bias b (outputs,) of a logistic fit on x (N, D), zeros or a
+    copy of ``init``, and the full-batch L-BFGS that fits them (strong Wolfe line search; stops
+    at max|grad| <= ``tol`` or after ``max_iter`` iterations)."""
+    if init is None:
+        w = torch.zeros(outputs, x.shape[1], dtype=x.dtype, device=x.device)
+        b = torch.zeros(outputs, dtype=x.dtype, device=x.device)
+    else:
+        w, b = init[0].detach().clone(), init[1].detach().clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=max_iter, max_eval=max_iter * 5 // 4 + 1, tolerance_grad=tol,
+        tolerance_change=1e-10, history_size=10, line_search_fn="strong_wolfe",
+    )
+    return w, b, opt
+
+
 def fit_logistic(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -65,20 +87,10 @@ def fit_logistic(
 
     Returns (W (K, D), b (K,), iterations used). ``init`` warm-starts from a previous (W, b).
     """
-    n, d = x.shape
-    if init is None:
-        w = torch.zeros(num_classes, d, dtype=x.dtype, device=x.device)
-        b = torch.zeros(num_classes, dtype=x.dtype, device=x.device)
-    else:
-        w, b = init[0].detach().clone(), init[1].detach().clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
+    n = x.shape[0]
+    w, b, opt = lbfgs_problem(x, num_classes, init, max_iter, tol)
     lam = wd / n
     rows = torch.arange(n, device=x.device)
-    opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=max_iter, max_eval=max_iter * 5 // 4 + 1, tolerance_grad=tol,
-        tolerance_change=1e-10, history_size=10, line_search_fn="strong_wolfe",
-    )
 
     def closure() -> torch.Tensor:
         with torch.no_grad():
@@ -95,24 +107,6 @@ def fit_logistic(
     opt.step(closure)
     n_iter = int(opt.state[w].get("n_iter", 0))  # LBFGS keeps its state under the first param
     return w.detach(), b.detach(), n_iter
-
-
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Top-1, top-5 (top-K when K < 5) and mean per-class accuracy, in percent.
-
-    logits: (N, K); labels: (N,). Mean per-class accuracy averages over the classes present
-    in ``labels`` (Ericsson et al. report it for Caltech101, Flowers, Pets, Aircraft).
-    """
-    k = min(5, logits.shape[1])
-    topk = logits.topk(k, dim=1).indices
-    correct1 = topk[:, 0] == labels
-    correct5 = (topk == labels[:, None]).any(dim=1)
-    per_class = [correct1[labels == c].float().mean() for c in labels.unique()]
-    return {
-        "top1": 100.0 * correct1.float().mean().item(),
-        "top5": 100.0 * correct5.float().mean().item(),
-        "mean_per_class": 100.0 * torch.stack(per_class).mean().item(),
-    }
 
 
 def standardized(ref: torch.Tensor, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:

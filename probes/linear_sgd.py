@@ -22,7 +22,7 @@ from torchvision import transforms as T
 from pretrain.augment import ViewRecipe
 from pretrain.data import ImageDataset, TransformedDataset
 from pretrain.model import SimCLRModel
-from probes.linear import classification_metrics
+from probes.metrics import classification_metrics
 
 
 def crop_flip_transform(recipe: ViewRecipe, scale_min: float = 0.08) -> T.Compose:

@@ -59,9 +59,15 @@ class ProbeOptions:
 
     run: str = option(positional=True, metavar="RUN", help="run directory, or a checkpoint file "
                       "(torchvision/timm state dict, lightly or solo-learn checkpoint)")
-    dataset: str = option("", "digits | cifar10 | imagefolder:PATH (default: the run's "
-                          "pretraining dataset)")
-    data_root: str = option("", "archive or folder for the dataset")
+    dataset: str = option("", "digits | cifar10 | imagefolder:PATH | a transfer benchmark "
+                          "name (food101, cifar100, birdsnap, sun397, cars, aircraft, voc2007, "
+                          "dtd, pets, caltech101, flowers102), optionally NAME:PATH (default: "
+                          "the run's pretraining dataset)")
+    data_root: str = option("", "archive or folder for the dataset (a benchmark dataset is "
+                            "otherwise searched in $SIMCLR_DATA_DIR, ../shared/data and "
+                            "<cache-dir>/torchvision)")
+    download: bool = option(False, "download a benchmark dataset with torchvision when no "
+                            "local copy is found (needs a network)", action="store_true")
     cache_dir: str = option("", "dataset extraction and feature cache (default: the run's "
                             f"data.cache_dir, else {DEFAULT_CACHE_DIR})")
     tap: str = option("all", "all, or a comma list such as h,z or head.0 (representations to "
@@ -252,7 +258,8 @@ class ProbeSession:
         """Split ``split`` of the dataset (seeded subset under ``--limit``); None if absent."""
         if split not in self._datasets:
             try:
-                ds = load_dataset(self.dataset_name, split, self.data_root, self.cache_dir)
+                ds = load_dataset(self.dataset_name, split, self.data_root, self.cache_dir,
+                                  download=self.options.download)
             except MissingSplitError:  # a missing path or an unreadable image still raises
                 if required:
                     raise
@@ -311,7 +318,21 @@ class ProbeSession:
             self._features[split] = fs
         return self._features[split]
 
-    def labelled(self, fs: FeatureSet, split: str) -> FeatureSet:
+    def headline(self, split: str) -> str:
+        """The protocol's headline metric of the dataset (``top1``, ``mean_per_class``,
+        ``map11``; :attr:`pretrain.data.DatasetInfo.metric`), written as ``transfer/score``."""
+        ds = self.dataset(split)
+        assert ds is not None
+        return ds.info.metric
+
+    def labelled(self, fs: FeatureSet, split: str, multilabel_ok: bool = False) -> FeatureSet:
+        """``fs`` after checking it has labels; a multi-label split (VOC2007's (N, C) targets,
+        where -1 means "ignored") passes only where the probe handles it."""
+        if fs.labels.dim() == 2:
+            if not multilabel_ok:
+                raise UserError(f"{self.dataset_name} is multi-label; this probe needs one "
+                                "class per image (linear and knn handle multi-label data)")
+            return fs
         if len(fs) == 0 or int(fs.labels.min()) < 0:
             raise DataError(f"{self.dataset_name} split {split!r} has unlabelled images; this "
                             "probe needs class labels")

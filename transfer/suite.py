@@ -4,6 +4,10 @@ A suite YAML (``configs/suites/*.yaml``) names a base pretraining config, the va
 compare (each a list of ``section.key=value`` overrides: heads, depths, anything), the seeds,
 and the evaluators to run on every checkpoint, each written as its ``simclr-transfer`` command
 line (``knn --tap h,z``, ``detection --config configs/detection/bccd_r18_fpn.yaml``).
+A line holding ``{dataset}`` (``linear --tap h --dataset {dataset}``) runs once per entry of
+the suite's ``datasets`` (the transfer benchmark's names, ``NAME:PATH``, ``imagefolder:PATH``);
+a dataset with no local copy is skipped with one line saying where it was looked for
+(:func:`absence`), and its cells are reported as absent, not failed.
 
 Cells and how a rerun finds them finished:
 
@@ -40,7 +44,8 @@ import torch
 
 from pretrain.config import PretrainConfig
 from pretrain.config_io import load_config
-from pretrain.errors import ConfigError, UserError
+from pretrain.data.benchmark import BENCHMARK, locate
+from pretrain.errors import ConfigError, DataError, UserError
 from pretrain.jsonl import read_jsonl
 from pretrain.model import build_model
 from pretrain.run import (
@@ -61,6 +66,8 @@ from transfer.records import Filter, load_records
 from transfer.table_formats import render
 from transfer.tables import TableRequest, check_request, make_table, parse_compare, parse_fields
 
+DATASET_SLOT = "{dataset}"
+
 
 @dataclass
 class TableSpec:
@@ -71,6 +78,7 @@ class TableSpec:
     metric: str = ""
     filter: list[str] = field(default_factory=list)
     compare: str = ""
+    mean_column: bool = False  # append each row's mean over the columns (``--mean-col``)
 
 
 @dataclass
@@ -82,6 +90,9 @@ class SuiteConfig:
     variants: dict[str, list[str]] = field(default_factory=dict)  # name -> overrides
     seeds: list[int] = field(default_factory=lambda: [0])
     evaluators: list[str] = field(default_factory=list)  # simclr-transfer command lines
+    # datasets a line with "{dataset}" runs on, one cell each (names, NAME:PATH or
+    # imagefolder:PATH); absent ones are skipped with one line each
+    datasets: list[str] = field(default_factory=list)
     tables: list[TableSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -92,6 +103,19 @@ class SuiteConfig:
         for line in self.evaluators:
             if not line.strip():
                 raise ConfigError("empty evaluator line in the suite")
+        per_dataset = [line for line in self.evaluators if DATASET_SLOT in line]
+        if per_dataset and not self.datasets:
+            raise ConfigError(f"evaluator line {per_dataset[0]!r} has {DATASET_SLOT} but the "
+                              "suite lists no datasets")
+        if self.datasets and not per_dataset:
+            raise ConfigError(f"the suite lists datasets but no evaluator line has {DATASET_SLOT}"
+                              " (e.g. 'linear --tap h --dataset {dataset}')")
+
+    def evaluator_lines(self) -> list[tuple[str, str]]:
+        """(line, dataset) for every evaluator line, a line with ``{dataset}`` once per dataset
+        (filled in; ``dataset`` "" for the others), in order."""
+        return [(line.replace(DATASET_SLOT, d), d) for line in self.evaluators
+                for d in (self.datasets if DATASET_SLOT in line else [""])]
 
 
 @dataclass(frozen=True)
@@ -149,6 +173,21 @@ def plan(suite: SuiteConfig) -> list[PretrainCell]:
                 )
             cells.append(PretrainCell(variant, seed, cfg))
     return cells
+
+
+def absence(dataset: str, cache_dir: str) -> str:
+    """Why ``dataset`` (a suite's dataset entry) cannot be read here, "" when it can: a
+    benchmark name with no local copy (:func:`pretrain.data.benchmark.locate`, no image read),
+    or an ``imagefolder:`` path that does not exist."""
+    key, _, arg = dataset.partition(":")
+    try:
+        if key in BENCHMARK:
+            locate(key, arg, "", cache_dir)
+        elif key == "imagefolder" and not Path(arg).expanduser().exists():
+            return f"{arg} does not exist"
+    except DataError as exc:
+        return str(exc).splitlines()[0]
+    return ""
 
 
 def check_pretrain_config(cfg: PretrainConfig) -> None:
@@ -236,7 +275,8 @@ def check_suite(suite: SuiteConfig) -> list[PretrainCell]:
             check_pretrain_config(cell.config)
     for i, line in enumerate(suite.evaluators):
         with entry(f"evaluators[{i}] {line!r}"):
-            check_evaluator_line(line, cells[0].run_dir)
+            for d in suite.datasets if DATASET_SLOT in line else [""]:
+                check_evaluator_line(line.replace(DATASET_SLOT, d), cells[0].run_dir)
     for i, spec in enumerate(suite.tables):
         with entry(f"tables[{i}]"):
             check_request(table_request(suite, spec))
@@ -248,6 +288,7 @@ class SuiteReport:
     pretrained: list[str] = field(default_factory=list)
     evaluated: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)  # cells of datasets with no local copy
     seconds: float = 0.0
 
 
@@ -259,6 +300,7 @@ def run_suite(suite: SuiteConfig, progress: bool = True,
     the suite is checked here first."""
     cells = check_suite(suite) if cells is None else cells
     report = SuiteReport()
+    absent: dict[str, str] = {}  # dataset -> why it is absent ("" when present)
     start = time.perf_counter()
     for cell in cells:
         run_dir = cell.run_dir
@@ -271,10 +313,17 @@ def run_suite(suite: SuiteConfig, progress: bool = True,
             train(cell.config, resume=(run_dir / CHECKPOINT_FILE).is_file())
             report.pretrained.append(label)
         done = finished_cells(run_dir)
-        for line in suite.evaluators:
+        for line, dataset in suite.evaluator_lines():
             ev = EvalCell(cell, line)
             if ev.key in done:
                 report.skipped.append(ev.key)
+                continue
+            if dataset and dataset not in absent:
+                absent[dataset] = absence(dataset, cell.config.data.cache_dir)
+                if absent[dataset] and progress:
+                    print(f"[suite {suite.name}] skipping {dataset}: {absent[dataset]}")
+            if dataset and absent[dataset]:
+                report.absent.append(ev.key)
                 continue
             if progress:
                 print(f"[suite {suite.name}] {ev.key}")
@@ -285,15 +334,23 @@ def run_suite(suite: SuiteConfig, progress: bool = True,
 
 
 def describe_plan(suite: SuiteConfig) -> list[str]:
-    """One line per cell: ``[done]`` or ``[todo]`` and its key."""
+    """One line per cell: ``[done]``, ``[todo]`` or ``[absent]`` (its dataset has no local
+    copy) and its key."""
     lines = []
+    absent: dict[str, str] = {}
     for cell in plan(suite):
         done = (cell.run_dir / SUMMARY_FILE).is_file()
         lines.append(f"[{'done' if done else 'todo'}] {cell.variant}/s{cell.seed}/pretrain")
         finished = finished_cells(cell.run_dir)
-        for line in suite.evaluators:
+        for line, dataset in suite.evaluator_lines():
             key = EvalCell(cell, line).key
-            lines.append(f"[{'done' if key in finished else 'todo'}] {key}")
+            if key in finished:
+                state = "done"
+            else:
+                if dataset and dataset not in absent:
+                    absent[dataset] = absence(dataset, cell.config.data.cache_dir)
+                state = "absent" if dataset and absent[dataset] else "todo"
+            lines.append(f"[{state}] {key}")
     return lines
 
 
@@ -305,6 +362,7 @@ def table_request(suite: SuiteConfig, spec: TableSpec) -> TableRequest:
         metrics=[spec.metric] if spec.metric else [],
         filters=[Filter.parse(f"tags.suite={suite.name}"), *map(Filter.parse, spec.filter)],
         compare=[parse_compare(spec.compare)] if spec.compare else [],
+        mean_column=spec.mean_column,
     )
 
 
@@ -339,8 +397,9 @@ def run_suite_tool(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"suite {suite.name}: {len(report.pretrained)} runs pretrained, "
         f"{len(report.evaluated)} evaluations, {len(report.skipped)} cells already done, "
-        f"{report.seconds:.0f} s"
+        + (f"{len(report.absent)} cells of absent datasets skipped, " if report.absent else "")
+        + f"{report.seconds:.0f} s"
     )
     print_tables(suite)
     return {"pretrained": report.pretrained, "evaluated": report.evaluated,
-            "skipped": report.skipped, "seconds": report.seconds}
+            "skipped": report.skipped, "absent": report.absent, "seconds": report.seconds}

@@ -189,6 +189,7 @@ class TableRequest:
     compare: list[tuple[str, str]] = field(default_factory=list)
     bootstrap: int = DEFAULT_RESAMPLES
     bootstrap_seed: int = 0
+    mean_column: bool = False
 
 
 def make_table(
@@ -198,6 +199,8 @@ def make_table(
     (row a minus row b per column, in the order of ``request.compare``)."""
     table = build_table(records, request.rows, request.cols, request.metrics, request.filters,
                         request.lower_is_better)
+    if request.mean_column:
+        add_mean_column(table, request.lower_is_better)
     comparisons = [c for a, b in request.compare
                    for c in compare_rows(table, a, b, request.bootstrap, request.bootstrap_seed)]
     return table, comparisons
@@ -356,6 +359,45 @@ def _differing_fields(recs: Sequence[FlatRecord]) -> list[str]:
         if n not in VOLATILE_FIELDS and not n.startswith(VOLATILE_PREFIXES)
         and len({display(r.fields.get(n)) for r in recs}) > 1
     ]
+
+
+MEAN_LABEL = "mean"
+
+
+def add_mean_column(table: Table, lower_is_better: Sequence[str] = LOWER_IS_BETTER) -> None:
+    """Append a ``mean`` column: per row and seed, the mean over the table's columns (the
+    "average" column of transfer tables, e.g. ssl-transfer's), then mean +- std over seeds.
+
+    A row gets it only where every column holds the same metric for the same seeds: an average
+    over a different set of datasets is not comparable, so such rows are left empty and the
+    table says why in a note.
+    """
+    if METRIC in table.col_fields:
+        raise UserError("a mean column averages one metric over the columns; put 'metric' "
+                        "on the rows or choose one with --metric")
+    col = (MEAN_LABEL, *([""] * (len(table.col_fields) - 1)))
+    incomplete = []
+    for row in table.rows:
+        cells = [table.cell(row, c) for c in table.cols]
+        present = [c for c in cells if c is not None]
+        seeds = set(present[0].values) if present else set()
+        if (len(present) < len(cells) or len({c.metric for c in present}) != 1
+                or any(set(c.values) != seeds for c in present)):
+            incomplete.append(Table.label(row))
+            continue
+        values = {seed: sum(c.values[seed] for c in present) / len(present) for seed in seeds}
+        table.cells[(row, col)] = Cell(present[0].metric, values)
+    table.cols.append(col)
+    for cell in table.cells.values():
+        cell.best = False
+    mark_best(table, lower_is_better)
+    note = (f"{MEAN_LABEL}: the per-seed average over the {len(table.cols) - 1} columns, then "
+            "mean +- std over seeds")
+    if incomplete:
+        note += (f"; none for {', '.join(incomplete)} (not every column filled with the same "
+                 "seeds)")
+    table.notes.append(note)
+    table.caption += f" {note[0].upper()}{note[1:]}."
 
 
 def mark_best(table: Table, lower_is_better: Sequence[str] = LOWER_IS_BETTER) -> None:

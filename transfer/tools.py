@@ -51,6 +51,8 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", action="append", default=[], metavar="ROW_A,ROW_B",
                    help="paired bootstrap of ROW_A - ROW_B over seeds in every column, "
                    "e.g. mlp-2,linear; repeatable")
+    p.add_argument("--mean-col", action="store_true",
+                   help="append a column with each row's mean over the columns (per seed)")
     p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--digits", type=int, default=2, help="decimals shown")
@@ -66,6 +68,7 @@ def table_request(args: argparse.Namespace) -> TableRequest:
         filters=[Filter.parse(f) for f in args.filter],
         lower_is_better=(*LOWER_IS_BETTER, *args.lower_is_better),
         compare=[parse_compare(spec) for spec in args.compare],
+        mean_column=args.mean_col,
         bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
     )
 

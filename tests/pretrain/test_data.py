@@ -89,7 +89,7 @@ def test_missing_empty_and_corrupt_data_name_the_path(tmp_path: Path) -> None:
     ds = load_dataset(f"imagefolder:{bad}")
     with pytest.raises(DataError, match=r"cannot read image .*2\.png"):
         ds[2]
-    with pytest.raises(UserError, match="valid: cifar10, digits, imagefolder"):
+    with pytest.raises(UserError, match="valid: .*cifar10.*digits.*imagefolder"):
         load_dataset("mnist")
     with pytest.raises(DataError, match="archive not found"):
         load_dataset("cifar10", root=str(tmp_path / "missing.tar.xz"))

@@ -79,7 +79,10 @@ def test_python_api_needs_no_namespace_and_matches_the_cli(digits_run, feature_c
     rc, out, _ = run_cli(["knn", digits_run, "--tap", "h,z", "--k", "10", "--cache-dir",
                           feature_cache, "--json"], capsys)
     assert rc == 0 and got == json.loads(out)
-    assert set(got) == {f"{t}:knn/{m}@k10" for t in ("h", "z") for m in ("top1", "top5")}
+    assert set(got) == {f"{t}:knn/{m}@k10" for t in ("h", "z")
+                        for m in ("top1", "top5", "mean_per_class")} | {"h:transfer/score",
+                                                                        "z:transfer/score"}
+    assert got["h:transfer/score"] == got["h:knn/top1@k10"]  # digits' protocol metric: top-1
     assert KnnOptions(run="x").k == [10, 20, 100, 200]  # the CLI's defaults, declared once
     with pytest.raises(TypeError):
         KnnOptions(run="x", kk=[3])  # a mistyped option is an error, not ignored

@@ -60,7 +60,8 @@ def test_fewer_test_images_than_classes_and_than_k():
     m = knn_classify(train, labels, test, labels[:3], ks=(1, 20, 100), temperature=0.1,
                      batch_size=2)  # chunks of 2 and 1
     assert m["knn/top1@k1"] == 100.0
-    assert set(m) == {f"knn/top{t}@k{k}" for t in (1, 5) for k in (1, 20, 30)}  # 100 -> 30
+    assert set(m) == {f"knn/{t}@k{k}" for t in ("top1", "top5", "mean_per_class")
+                      for k in (1, 20, 30)}  # 100 -> 30
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 64])

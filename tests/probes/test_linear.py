@@ -15,13 +15,13 @@ from pretrain.data import load_dataset
 from probes.checkpoints import load_any
 from probes.features import extract_features
 from probes.linear import (
-    classification_metrics,
     fit_logistic,
     linear_probe,
     standardized,
     stratified_holdout,
 )
 from probes.logreg_batched import fit_logistic_batched
+from probes.metrics import classification_metrics
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from probes.metrics import voc_ap
 from transfer.detection.coco_eval import coco_metrics
 from transfer.detection.evaluate import HEADLINE, detection_metrics
 from transfer.detection.structures import DetectionDataset, ImageRecord
-from transfer.detection.voc_eval import box_iou, voc_ap, voc_metrics
+from transfer.detection.voc_eval import box_iou, voc_metrics
 
 A = np.array([10.0, 10.0, 60.0, 60.0])  # 50x50 = 2500 px: a COCO "medium" object
 B = np.array([100.0, 100.0, 150.0, 150.0])

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probes.metrics import voc_ap
+
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of boxes a (N, 4) and b (M, 4), xyxy -> (N, M)."""
@@ -36,21 +38,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
-def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
-    """AP from cumulative recall/precision arrays (same length, recall non-decreasing)."""
-    if use_07_metric:
-        points = []
-        for t in np.linspace(0.0, 1.0, 11):
-            above = precision[recall >= t]
-            points.append(above.max() if above.size else 0.0)
-        return float(np.mean(points))
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope
-    steps = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
 def precision_recall(

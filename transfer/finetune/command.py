@@ -42,6 +42,7 @@ from pretrain.model import SimCLRModel, build_model
 from pretrain.step import use_bf16
 from probes.features import fingerprint
 from probes.linear_sgd import crop_flip_transform
+from probes.metrics import with_score
 from probes.options import option
 from probes.records import ResultRecord, random_init_setup, results_path
 from probes.session import ProbeSession, SelectionOptions, float_list, nonnegative_float_list
@@ -89,7 +90,9 @@ class FinetuneOptions(SelectionOptions):
     init: str = option("pretrained", "pretrained: the source's weights; random: the same "
                        "architecture from its pretraining's initialisation (the baseline)",
                        choices=["pretrained", "random"])
-    select: str = option("top1", choices=["top1", "mean_per_class"])
+    select: str = option("auto", "validation metric; auto: the dataset's protocol metric "
+                         "(mean per-class accuracy for Aircraft, Pets, Caltech-101, Flowers)",
+                         choices=["auto", "top1", "mean_per_class"])
     lr_grid: list[float] = option([], "base learning rate(s) before the protocol's batch "
                                   "scaling (default: the protocol's)", type=float_list)
     wd_grid: list[float] = option([], "weight decay(s), 0 allowed (default: the protocol's)",
@@ -148,6 +151,9 @@ def resolve_taps(spec: str, protocol: Protocol, fraction: float, taps: list[str]
 
 
 def labels_of(ds: ImageDataset, split: str) -> np.ndarray:
+    if ds.multilabel:
+        raise UserError(f"{ds.name} is multi-label ({ds.info.metric}); fine-tuning trains a "
+                        "softmax classifier and needs one class per image (use linear or knn)")
     labels = np.asarray(ds.targets)
     if len(labels) == 0 or labels.min() < 0:
         raise DataError(f"{ds.name} split {split!r} has unlabelled images; fine-tuning needs "
@@ -225,6 +231,7 @@ class FinetuneCommand:
         self.num_classes = max(len(self.train_ds.classes), int(self.train_labels.max()) + 1,
                                int(test_labels.max()) + 1)
         self.val_split = s.val_split(opts.val_split, self.test_split)
+        self.select_metric = test_ds.info.metric if opts.select == "auto" else opts.select
         recipe = s.recipe(opts.train_split)
         self.train_transform = crop_flip_transform(recipe, opts.crop_scale_min)
         self.test_transform = eval_transform(recipe)
@@ -259,7 +266,7 @@ class FinetuneCommand:
             "subset": fingerprint(subset.indices.tolist(), size=16), "protocol": self.protocol.name,
             "lr_grid": self.lr_grid, "wd_grid": self.wd_grid, "epochs": o.epochs, "steps": o.steps,
             "batch": o.train_batch_size, "seed": o.seed, "val": [self.val_split, o.val_fraction,
-                                                                 o.select],
+                                                                 self.select_metric],
             "transform": repr(self.train_transform), "world": world_size(),
         }
         name = (f"{tap}_f{subset.fraction:g}_{self.protocol.name}_{self.source.init}_s{o.seed}-"
@@ -326,8 +333,8 @@ class FinetuneCommand:
             curve.append({"lr": lr, "wd": wd, **metrics})
             if is_main_process():
                 print(f"finetune {cell.tap} @ {cell.subset.fraction:g} labels: lr {lr:g} wd {wd:g} "
-                      f"-> val {self.opts.select} {metrics[self.opts.select]:.2f}")
-        best = max(range(len(curve)), key=lambda i: (curve[i][self.opts.select], -i))
+                      f"-> val {self.select_metric} {metrics[self.select_metric]:.2f}")
+        best = max(range(len(curve)), key=lambda i: (curve[i][self.select_metric], -i))
         return curve[best]["lr"], curve[best]["wd"], curve, len(val_ds)
 
     def run_cell(self, cell: Cell) -> ResultRecord:
@@ -351,10 +358,11 @@ class FinetuneCommand:
         lr, wd, curve, val_images = self.select(cell)
         net, spec, stats = self.train_one(cell, cell.subset.indices, lr, wd,
                                           cell.directory / "final")
-        metrics = {f"finetune/{k}": v for k, v in evaluate(
-            net, self.test_ds, self.test_transform, s.device, opts.batch_size, opts.workers).items()}
+        metrics = with_score({f"finetune/{k}": v for k, v in evaluate(
+            net, self.test_ds, self.test_transform, s.device, opts.batch_size,
+            opts.workers).items()}, "finetune", self.test_ds.info.metric)
         if curve:
-            metrics["finetune/val_score"] = max(c[opts.select] for c in curve)
+            metrics["finetune/val_score"] = max(c[self.select_metric] for c in curve)
         settings = self.settings(cell, spec, lr, wd, curve, stats)
         splits = {"train": len(cell.subset), "test": len(self.test_ds)}
         if val_images:
@@ -397,14 +405,14 @@ class FinetuneCommand:
             "selection": "val" if curve else "none (one setting)",
             "val": self.val_split if curve else None,
             "val_fraction": o.val_fraction if curve and self.val_split == "holdout" else None,
-            "select": o.select if curve else None,
+            "select": self.select_metric if curve else None,
             "lr_grid": self.lr_grid, "wd_grid": self.wd_grid, "lr_scaling": p.lr_scaling,
             "optimizer": p.optimizer, "nesterov": p.nesterov, "momentum": p.momentum,
             "batch_size": spec.batch_size, "steps": spec.total_steps,
             "bn_momentum": spec.bn_momentum, "schedule": "cosine, no warm-up",
             "classifier_init": "zeros", "augment": f"random resized crop ({o.crop_scale_min:g}-1) "
             "+ flip", "bf16": use_bf16(o.precision, self.session.device),
-            "train_split": o.train_split,
+            "train_split": o.train_split, "score": self.test_ds.info.metric,
             "test_split": self.test_split, "work_dir": str(cell.directory),
             # what selection chose and measured: results of the run, not its setup (a re-run on
             # other hardware may choose otherwise), so tables treat them as volatile

@@ -39,7 +39,7 @@ from pretrain.model import SimCLRModel
 from pretrain.optim import LARS, split_decay_groups, warmup_cosine_schedule
 from pretrain.step import DeviceLossMeter, use_bf16
 from pretrain.sync_bn import convert_sync_batchnorm
-from probes.linear import classification_metrics
+from probes.metrics import classification_metrics
 from transfer.streams import IterationSampler, iteration_seed
 
 CHECKPOINT = "checkpoint.pt"

@@ -1,4 +1,7 @@
-"""Datasets by name, yielding ``(PIL RGB image, int label)``; labels are -1 where there are none.
+"""Images with labels, the dataset registry, and the built-in datasets.
+
+Datasets by name, yielding ``(PIL RGB image, int label)``; labels are -1 where there are none
+(the transfer benchmark's datasets are in :mod:`pretrain.data.benchmark`).
 
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no file needed),
   scaled to [0, 255], upsampled to 16x16 and replicated to RGB. Split: a fixed seeded
@@ -46,12 +49,23 @@ DIGITS_SIZE = 16  # pixels; the originals are 8x8
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 
 
+# What a transfer protocol reports per dataset (Kornblith et al. 2019, Sec. 3 and Table A1):
+# top-1 accuracy, mean per-class accuracy, or VOC2007's 11-point mAP over its 20 classes.
+HEADLINE_METRICS = ("top1", "mean_per_class", "map11")
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What an augmentation or evaluation transform needs to know about a dataset."""
 
     preset: str  # "digits" | "cifar" | "imagenet": augmentation and eval transform family
     image_size: int  # default crop size in pixels
+    metric: str = "top1"  # the protocol's headline metric, one of HEADLINE_METRICS
+
+    @property
+    def multilabel(self) -> bool:
+        """Targets are (C,) rows of 1 (present), 0 (absent), -1 (ignored: difficult only)."""
+        return self.metric == "map11"
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -68,7 +82,9 @@ def load_rgb(path: Path) -> Image.Image:
 class ImageDataset(Dataset):
     """Images with integer labels (-1 when unlabelled), held in memory or read from files.
 
-    Exactly one of ``array`` (N, H, W, 3) uint8 or ``files`` is given. ``source`` says where
+    Exactly one of ``array`` (N, H, W, 3) uint8 or ``files`` is given. ``targets`` are class
+    indices, or for a multi-label dataset (``info.multilabel``: VOC2007) one (C,) int64 row per
+    image of 1 (present), 0 (absent) and -1 (ignored). ``source`` says where
     an array came from (what produced its bytes: an archive's identity, library releases), for
     :func:`dataset_fingerprint`.
     """
@@ -98,6 +114,10 @@ class ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.info.multilabel
 
     def load_image(self, index: int) -> Image.Image:
         if self.array is not None:
@@ -181,7 +201,8 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
     return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
 
 
-Loader = Callable[[str, str, str, str], ImageDataset]  # (arg, split, root, cache_dir)
+Loader = Callable[[str, str, str, str, bool], ImageDataset]  # (arg, split, root, cache_dir,
+#                                                                download)
 DATASETS: Registry[Loader] = Registry("dataset")
 
 
@@ -190,7 +211,7 @@ def shared_data_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("SIMCLR_DATA_DIR"):
         dirs.append(Path(os.environ["SIMCLR_DATA_DIR"]))
-    for base in [Path.cwd(), Path(__file__).resolve().parent.parent]:
+    for base in [Path.cwd(), Path(__file__).resolve().parents[2]]:  # the checkout
         for parent in [base, *base.parents][:4]:
             dirs.append(parent / "shared" / "data")
     return dirs
@@ -307,7 +328,8 @@ def _digits_split(split: str) -> tuple[np.ndarray, tuple[int, ...]]:
 
 
 @DATASETS.register("digits")
-def load_digits_dataset(arg: str, split: str, root: str, cache_dir: str) -> ImageDataset:
+def load_digits_dataset(arg: str, split: str, root: str, cache_dir: str,
+                        download: bool = False) -> ImageDataset:
     if split not in ("train", "test"):
         raise MissingSplitError(f"digits has splits train and test, not {split!r}")
     import PIL
@@ -326,7 +348,8 @@ def load_digits_dataset(arg: str, split: str, root: str, cache_dir: str) -> Imag
 
 
 @DATASETS.register("cifar10")
-def load_cifar10(arg: str, split: str, root: str, cache_dir: str) -> ImageDataset:
+def load_cifar10(arg: str, split: str, root: str, cache_dir: str,
+                 download: bool = False) -> ImageDataset:
     info = DatasetInfo(preset="cifar", image_size=32)
     if split not in ("train", "test"):
         raise MissingSplitError(f"cifar10 has splits train and test, not {split!r}")
@@ -376,7 +399,8 @@ def _download_cifar10(split: str, cache_dir: str, info: DatasetInfo) -> ImageDat
 
 
 @DATASETS.register("imagefolder")
-def load_image_folder(arg: str, split: str, root: str, cache_dir: str) -> ImageDataset:
+def load_image_folder(arg: str, split: str, root: str, cache_dir: str,
+                      download: bool = False) -> ImageDataset:
     if not arg:
         raise DataError("imagefolder needs a path: data.name=imagefolder:/path/to/images")
     path = Path(arg).expanduser()
@@ -408,8 +432,14 @@ def load_dataset(
     root: str = "",
     cache_dir: str = DEFAULT_CACHE_DIR,
     limit: int = 0,
+    download: bool = False,
 ) -> ImageDataset:
-    """Load dataset ``name`` (``digits``, ``cifar10``, ``imagefolder:<path>``) at ``split``."""
+    """Load dataset ``name`` (``digits``, ``cifar10``, ``imagefolder:<path>``, a transfer
+    benchmark name such as ``food101`` or ``caltech101:<path>``) at ``split``.
+
+    ``download``: fetch it with torchvision's downloader where the dataset allows it and no
+    local copy is found (needs a network).
+    """
     key, _, arg = name.partition(":")
     loader = DATASETS.get(key)
-    return loader(arg, split, root, cache_dir).subset(limit)
+    return loader(arg, split, root, cache_dir, download).subset(limit)
