@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
+from pretrain.data.benchmark import BENCHMARK
 from pretrain.errors import UserError
 from pretrain.run import RunSetup
 from probes.records import ResultRecord
@@ -61,6 +62,7 @@ Key = tuple[str, ...]
 SETUP_BLOCK_FIELDS = ("checkpoint", "checkpoint_hash", "source", "checkpoint_epoch", "run_dir",
                       "init", "unused_keys")
 OPEN_FIELD_PREFIXES = ("settings.", "tags.", "splits.", "setup.")
+BENCHMARK_ORDER = list(BENCHMARK)  # food101, cifar10, ... (SimCLR Table 8's columns)
 RECORD_FIELDS = frozenset(
     {*ResultRecord.__required_keys__, *ResultRecord.__optional_keys__,
      *(f.name for f in fields(RunSetup)), *SETUP_BLOCK_FIELDS, "pretrain_seed", METRIC}
@@ -93,6 +95,7 @@ def sort_key(
     depths: Mapping[str, int] | None = None,
 ) -> tuple[int, float, str]:
     """The sort key of ``value`` of field ``name``: metrics in ``metric_order`` (as recorded),
+    datasets of the transfer benchmark in Kornblith et al.'s order (then the others),
     heads by the depth ``depths`` gives their label (:func:`~transfer.records.head_depths`;
     labels without one after them, alphabetically), taps shallow to deep, numbers by value."""
     if name == METRIC:
@@ -100,6 +103,8 @@ def sort_key(
     if name == "head":
         depth = (depths or {}).get(value)
         return (0, depth, value) if depth is not None else (1, 0.0, value)
+    if name == "dataset" and value.partition(":")[0] in BENCHMARK_ORDER:  # Kornblith's order
+        return (0, float(BENCHMARK_ORDER.index(value.partition(":")[0])), value)
     if name in ("tap", "from_tap"):
         if value == "h":
             return (0, -1.0, value)

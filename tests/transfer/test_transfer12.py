@@ -181,3 +181,12 @@ def test_voc2007_probes_report_11_point_map_and_other_evaluators_refuse_it(
         fewshot(FewshotOptions(**common))
     with pytest.raises(UserError, match="multi-label"):
         finetune(FinetuneOptions(**common, steps=1))
+
+
+def test_benchmark_datasets_sort_in_the_papers_order() -> None:
+    from transfer.tables import sort_key
+
+    names = ["imagefolder:tiny", "flowers102", "caltech101:cal", "food101", "cifar10", "dtd"]
+    ordered = sorted(names, key=lambda v: sort_key("dataset", v))
+    assert ordered == ["food101", "cifar10", "dtd", "caltech101:cal", "flowers102",
+                       "imagefolder:tiny"]
