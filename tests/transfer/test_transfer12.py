@@ -190,3 +190,34 @@ def test_benchmark_datasets_sort_in_the_papers_order() -> None:
     ordered = sorted(names, key=lambda v: sort_key("dataset", v))
     assert ordered == ["food101", "cifar10", "dtd", "caltech101:cal", "flowers102",
                        "imagefolder:tiny"]
+
+
+def test_split_and_metric_rules_on_the_real_subsets(
+    tiny_run_dir: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    """The shared Caltech-101 subset (train/test, read as caltech101:) and Tiny-ImageNet subset
+    (train/val, read as imagefolder:): which split is tested once, which selects, which metric."""
+    from probes.linear import stratified_holdout
+    from probes.session import ProbeOptions, ProbeSession
+
+    def session(dataset: str) -> ProbeSession:
+        return ProbeSession.open(ProbeOptions(run=str(tiny_run_dir), dataset=dataset,
+                                              cache_dir=str(tmp_path / "cache")))
+
+    cal = session(f"caltech101:{shared_data / 'cls_caltech101_subset.tar.xz'}")
+    assert cal.test_split() == "test" and cal.val_split("auto", "test") == "holdout"
+    assert cal.headline("test") == "mean_per_class"
+    assert cal.display_name == "caltech101:cls_caltech101_subset"
+    train = cal.dataset("train")
+    assert train is not None and len(train.classes) == 101 and len(train) == 1515
+    _, val_idx = stratified_holdout(train.targets, 0.2, seed=0)
+    assert np.bincount(np.asarray(train.targets)[val_idx]).tolist() == [3] * 101  # 20% of 15
+
+    tiny = session(f"imagefolder:{shared_data / 'cls_tinyimagenet200_subset.tar.xz'}")
+    assert tiny.test_split() == "val"  # no test split: the official val is tested once
+    assert tiny.val_split("auto", "val") == "holdout"  # so selection holds out 20% of train
+    assert tiny.headline("val") == "top1"
+    train, test = tiny.dataset("train"), tiny.dataset("val")
+    assert train is not None and test is not None
+    assert (len(train), len(test), len(train.classes)) == (18000, 10000, 200)
+    assert not set(train.files or []) & set(test.files or [])
