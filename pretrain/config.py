@@ -16,8 +16,11 @@ DEFAULT_CACHE_DIR = ".cache/simclr-transfer"  # archives are extracted, features
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | cifar10 | imagefolder:<path>  (see pretrain.data.DATASETS)
-    root: str = ""  # archive or folder for cifar10; "" = look in ../shared/data, then download
+    # digits | cifar10 | imagefolder:<path> | a transfer benchmark name such as food101 or
+    # caltech101:<path> (see pretrain.data.DATASETS and pretrain.data.benchmark)
+    name: str = "digits"
+    root: str = ""  # archive or folder of the dataset; "" = look in ../shared/data (cifar10
+    #                 then downloads; benchmark names also look in $SIMCLR_DATA_DIR, cache_dir)
     cache_dir: str = DEFAULT_CACHE_DIR  # where archives are extracted once
     split: str = "train"
     num_workers: int = 0  # DataLoader workers for the CPU augmentation path
