@@ -175,14 +175,22 @@ def plan(suite: SuiteConfig) -> list[PretrainCell]:
     return cells
 
 
-def absence(dataset: str, cache_dir: str) -> str:
+def line_data_location(line: str, run_dir: Path, cache_dir: str) -> tuple[str, str]:
+    """(``--data-root``, ``--cache-dir``) of an evaluator line, the cache defaulting to the
+    pretraining config's ``cache_dir`` (where the probes' session looks too)."""
+    _, args = parse_command(evaluator_argv(line, run_dir, {}))
+    return getattr(args, "data_root", "") or "", getattr(args, "cache_dir", "") or cache_dir
+
+
+def absence(dataset: str, root: str, cache_dir: str) -> str:
     """Why ``dataset`` (a suite's dataset entry) cannot be read here, "" when it can: a
-    benchmark name with no local copy (:func:`pretrain.data.benchmark.locate`, no image read),
-    or an ``imagefolder:`` path that does not exist."""
+    benchmark name with no local copy under ``root`` or the search roots
+    (:func:`pretrain.data.benchmark.locate`, no image read), or an ``imagefolder:`` path that
+    does not exist."""
     key, _, arg = dataset.partition(":")
     try:
         if key in BENCHMARK:
-            locate(key, arg, "", cache_dir)
+            locate(key, arg, root, cache_dir)
         elif key == "imagefolder" and not Path(arg).expanduser().exists():
             return f"{arg} does not exist"
     except DataError as exc:
@@ -300,7 +308,7 @@ def run_suite(suite: SuiteConfig, progress: bool = True,
     the suite is checked here first."""
     cells = check_suite(suite) if cells is None else cells
     report = SuiteReport()
-    absent: dict[str, str] = {}  # dataset -> why it is absent ("" when present)
+    absent: dict[tuple[str, tuple[str, str]], str] = {}  # why absent ("" when present)
     start = time.perf_counter()
     for cell in cells:
         run_dir = cell.run_dir
@@ -318,11 +326,12 @@ def run_suite(suite: SuiteConfig, progress: bool = True,
             if ev.key in done:
                 report.skipped.append(ev.key)
                 continue
-            if dataset and dataset not in absent:
-                absent[dataset] = absence(dataset, cell.config.data.cache_dir)
-                if absent[dataset] and progress:
-                    print(f"[suite {suite.name}] skipping {dataset}: {absent[dataset]}")
-            if dataset and absent[dataset]:
+            where = line_data_location(line, run_dir, cell.config.data.cache_dir)
+            if dataset and (dataset, where) not in absent:
+                absent[dataset, where] = absence(dataset, *where)
+                if absent[dataset, where] and progress:
+                    print(f"[suite {suite.name}] skipping {dataset}: {absent[dataset, where]}")
+            if dataset and absent[dataset, where]:
                 report.absent.append(ev.key)
                 continue
             if progress:
@@ -337,7 +346,7 @@ def describe_plan(suite: SuiteConfig) -> list[str]:
     """One line per cell: ``[done]``, ``[todo]`` or ``[absent]`` (its dataset has no local
     copy) and its key."""
     lines = []
-    absent: dict[str, str] = {}
+    absent: dict[tuple[str, tuple[str, str]], str] = {}
     for cell in plan(suite):
         done = (cell.run_dir / SUMMARY_FILE).is_file()
         lines.append(f"[{'done' if done else 'todo'}] {cell.variant}/s{cell.seed}/pretrain")
@@ -347,9 +356,10 @@ def describe_plan(suite: SuiteConfig) -> list[str]:
             if key in finished:
                 state = "done"
             else:
-                if dataset and dataset not in absent:
-                    absent[dataset] = absence(dataset, cell.config.data.cache_dir)
-                state = "absent" if dataset and absent[dataset] else "todo"
+                where = line_data_location(line, cell.run_dir, cell.config.data.cache_dir)
+                if dataset and (dataset, where) not in absent:
+                    absent[dataset, where] = absence(dataset, *where)
+                state = "absent" if dataset and absent[dataset, where] else "todo"
             lines.append(f"[{state}] {key}")
     return lines
 

@@ -221,3 +221,21 @@ def test_split_and_metric_rules_on_the_real_subsets(
     assert train is not None and test is not None
     assert (len(train), len(test), len(train.classes)) == (18000, 10000, 200)
     assert not set(train.files or []) & set(test.files or [])
+
+
+def test_absence_looks_where_the_line_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             tiny_run_dir: Path) -> None:
+    """A dataset found only under a line's --data-root is present for that line."""
+    from benchmark_trees import build_pets
+
+    from transfer.suite import absence, line_data_location
+
+    monkeypatch.setenv("SIMCLR_DATA_DIR", str(tmp_path / "empty"))
+    build_pets(tmp_path / "data")
+    line = f"linear --tap h --dataset pets --data-root {tmp_path / 'data'}"
+    where = line_data_location(line, tiny_run_dir, str(tmp_path / "cache"))
+    assert where == (str(tmp_path / "data"), str(tmp_path / "cache"))
+    assert absence("pets", *where) == ""
+    missing = absence("pets", "", str(tmp_path / "cache"))
+    assert missing.startswith("pets not found") and "oxford-iiit-pet" in missing
+    assert absence(f"imagefolder:{tmp_path / 'nope'}", "", "") == f"{tmp_path / 'nope'} does not exist"
