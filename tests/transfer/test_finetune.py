@@ -196,6 +196,9 @@ def test_every_protocol_writes_its_record(digits_run: Path, tmp_path: Path) -> N
     for r in recs:
         assert r["evaluator"] == "finetune" and r["tap"] == r["from_tap"]
         assert {"finetune/top1", "finetune/top5", "finetune/mean_per_class"} <= set(r["metrics"])
+        # digits' protocol metric is top-1: transfer/score says so (and is selected on)
+        assert r["metrics"]["transfer/score"] == r["metrics"]["finetune/top1"]
+        assert r["settings"]["score"] == "top1"
         assert r["settings"]["subset_size"] == r["splits"]["train"]
         assert r["setup"]["head"] == "mlp-2" and r["settings"]["init"] == "pretrained"
     assert recs[0]["settings"]["subset_size"] == 130 and recs[1]["settings"]["subset_size"] == 1347

@@ -239,3 +239,21 @@ def test_absence_looks_where_the_line_points(tmp_path: Path, monkeypatch: pytest
     missing = absence("pets", "", str(tmp_path / "cache"))
     assert missing.startswith("pets not found") and "oxford-iiit-pet" in missing
     assert absence(f"imagefolder:{tmp_path / 'nope'}", "", "") == f"{tmp_path / 'nope'} does not exist"
+
+
+def test_finetuning_selects_on_and_reports_the_datasets_metric(
+    tiny_run_dir: Path, tmp_path: Path
+) -> None:
+    """On a Caltech-101-style copy (protocol metric: mean per-class accuracy) fine-tuning picks
+    its learning rate by that metric on val and writes it as transfer/score."""
+    cal = write_split_folder(tmp_path / "cal", {"train": 10, "test": 6}, classes=3, seed=2)
+    finetune(FinetuneOptions(run=str(tiny_run_dir), dataset=f"caltech101:{cal}",
+                             output_dir=str(tmp_path / "out"), protocol="transfer",
+                             label_fraction=[1.0], tap="h", lr_grid=[1e-3, 1e-2], wd_grid=[0.0],
+                             steps=2, progress=False, json=True, device="cpu",
+                             cache_dir=str(tmp_path / "cache")))
+    (rec,) = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").open()]
+    assert rec["settings"]["select"] == "mean_per_class" and rec["settings"]["score"] == "mean_per_class"
+    assert rec["metrics"]["transfer/score"] == rec["metrics"]["finetune/mean_per_class"]
+    curve = rec["settings"]["train"]["val_curve"]
+    assert len(curve) == 2 and all({"lr", "mean_per_class"} <= set(c) for c in curve)
