@@ -198,6 +198,25 @@ def absence(dataset: str, root: str, cache_dir: str) -> str:
     return ""
 
 
+class DatasetAvailability:
+    """Whether the dataset of a suite's per-dataset line can be read, judged once per
+    (dataset, ``--data-root``, ``--cache-dir``) (:func:`absence`)."""
+
+    def __init__(self) -> None:
+        self._why: dict[tuple[str, str, str], str] = {}
+
+    def check(self, line: str, dataset: str, cell: PretrainCell) -> tuple[str, bool]:
+        """(why ``dataset`` of ``line`` is absent, "" when present or the line has none;
+        whether this call judged it first, so that its absence is reported once)."""
+        if not dataset:
+            return "", False
+        root, cache = line_data_location(line, cell.run_dir, cell.config.data.cache_dir)
+        key, first = (dataset, root, cache), (dataset, root, cache) not in self._why
+        if first:
+            self._why[key] = absence(dataset, root, cache)
+        return self._why[key], first
+
+
 def check_pretrain_config(cfg: PretrainConfig) -> None:
     """What a pretraining config needs besides data: its registered names (the check
     ``simclr-pretrain`` makes, :func:`pretrain.run.check_names`), a model that builds (on
@@ -308,7 +327,7 @@ def run_suite(suite: SuiteConfig, progress: bool = True,
     the suite is checked here first."""
     cells = check_suite(suite) if cells is None else cells
     report = SuiteReport()
-    absent: dict[tuple[str, tuple[str, str]], str] = {}  # why absent ("" when present)
+    availability = DatasetAvailability()
     start = time.perf_counter()
     for cell in cells:
         run_dir = cell.run_dir
@@ -326,12 +345,10 @@ def run_suite(suite: SuiteConfig, progress: bool = True,
             if ev.key in done:
                 report.skipped.append(ev.key)
                 continue
-            where = line_data_location(line, run_dir, cell.config.data.cache_dir)
-            if dataset and (dataset, where) not in absent:
-                absent[dataset, where] = absence(dataset, *where)
-                if absent[dataset, where] and progress:
-                    print(f"[suite {suite.name}] skipping {dataset}: {absent[dataset, where]}")
-            if dataset and absent[dataset, where]:
+            why, first = availability.check(line, dataset, cell)
+            if why:
+                if first and progress:
+                    print(f"[suite {suite.name}] skipping {dataset}: {why}")
                 report.absent.append(ev.key)
                 continue
             if progress:
@@ -346,7 +363,7 @@ def describe_plan(suite: SuiteConfig) -> list[str]:
     """One line per cell: ``[done]``, ``[todo]`` or ``[absent]`` (its dataset has no local
     copy) and its key."""
     lines = []
-    absent: dict[tuple[str, tuple[str, str]], str] = {}
+    availability = DatasetAvailability()
     for cell in plan(suite):
         done = (cell.run_dir / SUMMARY_FILE).is_file()
         lines.append(f"[{'done' if done else 'todo'}] {cell.variant}/s{cell.seed}/pretrain")
@@ -356,10 +373,7 @@ def describe_plan(suite: SuiteConfig) -> list[str]:
             if key in finished:
                 state = "done"
             else:
-                where = line_data_location(line, cell.run_dir, cell.config.data.cache_dir)
-                if dataset and (dataset, where) not in absent:
-                    absent[dataset, where] = absence(dataset, *where)
-                state = "absent" if dataset and absent[dataset, where] else "todo"
+                state = "absent" if availability.check(line, dataset, cell)[0] else "todo"
             lines.append(f"[{state}] {key}")
     return lines
 
