@@ -98,8 +98,8 @@ def linear(opts: LinearOptions) -> dict[str, float]:
     """Linear probe at every tap of ``opts``; one record per tap."""
     s = ProbeSession.open(opts)
     test_split = s.test_split(opts.test_split)
-    headline = s.headline(test_split)
-    multilabel = headline == "map11"
+    info = s.info(test_split)
+    headline, multilabel = info.metric, info.multilabel
     if opts.protocol == "sgd":  # trains on augmented images: no train features needed
         test = s.labelled(s.features(test_split), test_split)
         return _linear_sgd(s, opts, test, test_split)
@@ -159,7 +159,7 @@ def _linear_sgd(s: ProbeSession, opts: LinearOptions, test: FeatureSet,
         num_workers=opts.workers,
     )
     wall = (time.perf_counter() - start) / len(s.taps)
-    headline = s.headline(test_split)
+    headline = s.info(test_split).metric
     for tap in s.taps:
         metrics = with_score({f"linear/{k}": v for k, v in
                               evaluate_linear(heads[tap], test.feats[tap], test.labels).items()},
@@ -187,21 +187,22 @@ def knn(opts: KnnOptions) -> dict[str, float]:
     """Weighted k-NN at every tap, k and temperature of ``opts``; one record per (tap, T)."""
     s = ProbeSession.open(opts)
     test_split = s.test_split(opts.test_split)
-    headline = s.headline(test_split)
+    info = s.info(test_split)
+    headline = info.metric
     train = s.labelled(s.features(opts.train_split), opts.train_split, multilabel_ok=True)
     test = s.labelled(s.features(test_split), test_split, multilabel_ok=True)
     score_k = min(max(opts.k), len(train))  # transfer/score: the headline metric at the largest k
+    num_classes = 0 if info.multilabel else _num_classes(train, test)
     suffix = {}
     for tap in s.taps:
         for t in opts.temperature:
             bank, queries = train.feats[tap].to(s.device), test.feats[tap]
-            if headline == "map11":
+            if info.multilabel:
                 metrics, wall = _timed(lambda b=bank, q=queries, t=t: knn_multilabel(  # type: ignore[misc]
                     b, train.labels, q, test.labels, opts.k, t, opts.chunk_size))
             else:
                 metrics, wall = _timed(lambda b=bank, q=queries, t=t: knn_classify(  # type: ignore[misc]
-                    b, train.labels, q, test.labels, opts.k, t, _num_classes(train, test),
-                    opts.chunk_size))
+                    b, train.labels, q, test.labels, opts.k, t, num_classes, opts.chunk_size))
             metrics = with_score(metrics, "knn", headline, f"@k{score_k}")
             settings = {"k": opts.k, "k_effective": [min(k, len(train)) for k in opts.k],
                         "temperature": t, "score": f"{headline}@k{score_k}",

@@ -318,12 +318,13 @@ class ProbeSession:
             self._features[split] = fs
         return self._features[split]
 
-    def headline(self, split: str) -> str:
-        """The protocol's headline metric of the dataset (``top1``, ``mean_per_class``,
-        ``map11``; :attr:`pretrain.data.DatasetInfo.metric`), written as ``transfer/score``."""
+    def info(self, split: str) -> DatasetInfo:
+        """What the dataset says of itself: its protocol's headline metric (``metric``:
+        ``top1``, ``mean_per_class``, ``map11``; written as ``transfer/score``) and whether its
+        targets are multi-label (``multilabel``)."""
         ds = self.dataset(split)
         assert ds is not None
-        return ds.info.metric
+        return ds.info
 
     def labelled(self, fs: FeatureSet, split: str, multilabel_ok: bool = False) -> FeatureSet:
         """``fs`` after checking it has labels; a multi-label split (VOC2007's (N, C) targets,

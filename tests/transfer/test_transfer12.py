@@ -206,7 +206,7 @@ def test_split_and_metric_rules_on_the_real_subsets(
 
     cal = session(f"caltech101:{shared_data / 'cls_caltech101_subset.tar.xz'}")
     assert cal.test_split() == "test" and cal.val_split("auto", "test") == "holdout"
-    assert cal.headline("test") == "mean_per_class"
+    assert cal.info("test").metric == "mean_per_class"
     assert cal.display_name == "caltech101:cls_caltech101_subset"
     train = cal.dataset("train")
     assert train is not None and len(train.classes) == 101 and len(train) == 1515
@@ -216,7 +216,7 @@ def test_split_and_metric_rules_on_the_real_subsets(
     tiny = session(f"imagefolder:{shared_data / 'cls_tinyimagenet200_subset.tar.xz'}")
     assert tiny.test_split() == "val"  # no test split: the official val is tested once
     assert tiny.val_split("auto", "val") == "holdout"  # so selection holds out 20% of train
-    assert tiny.headline("val") == "top1"
+    assert tiny.info("val").metric == "top1" and not tiny.info("val").multilabel
     train, test = tiny.dataset("train"), tiny.dataset("val")
     assert train is not None and test is not None
     assert (len(train), len(test), len(train.classes)) == (18000, 10000, 200)
