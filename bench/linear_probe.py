@@ -38,14 +38,14 @@ from threadpoolctl import threadpool_limits
 
 from pretrain.augment import eval_transform
 from pretrain.config import DEFAULT_CACHE_DIR
-from pretrain.data import load_dataset
+from pretrain.data import load_dataset, stratified_holdout
 from pretrain.distributed import resolve_device
 from pretrain.encoders import build_encoder
 from pretrain.heads import build_head
 from pretrain.model import SimCLRModel
 from probes.checkpoints import LoadedModel, load_any
 from probes.features import load_features
-from probes.linear import linear_probe, standardized, stratified_holdout
+from probes.linear import linear_probe, standardized
 from probes.session import eval_recipe
 
 

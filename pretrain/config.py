@@ -81,6 +81,12 @@ class TrainConfig:
     log_every: int = 50  # steps between loss read-backs (the step's only host synchronisation)
     quality_every: int = 0  # epochs between label-free quality logs (RankMe etc.); 0 = never
     quality_samples: int = 1024  # images used for each quality log
+    # Online k-NN monitor (pretrain.monitor): weighted k-NN top-1 every N epochs; 0 = off.
+    monitor_every: int = 0
+    monitor_k: int = 200
+    monitor_temperature: float = 0.1
+    monitor_split: str = "holdout"  # holdout (10 % of train, seeded) | test (only when asked)
+    monitor_taps: str = "h"  # comma-separated taps, e.g. "h,z"
     # Global BN: batch statistics over all ranks (SimCLR Sec. 2.2, official global_bn=True).
     # null = on whenever torchrun starts more than one process; true / false force it.
     sync_bn: bool | None = None

@@ -31,6 +31,7 @@ from pretrain.errors import ConfigError, NonFiniteLossError
 from pretrain.gpu_data import make_device_batches
 from pretrain.jsonl import append_jsonl
 from pretrain.model import SimCLRModel, build_model
+from pretrain.monitor import KNNMonitor, build_monitor, monitor_key, parse_taps, unusable_reason
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine_schedule
 from pretrain.provenance import code_version, hardware
 from pretrain.quality import quality_metrics
@@ -138,11 +139,13 @@ def train_one_epoch(
     progress: bool,
     num_batches: int,
     log_every: int,
+    shown: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the epoch's mean loss, last lr, pairs/s and seconds.
 
     The loss is read back from the device only every ``log_every`` steps and at the end, where
     a non-finite loss raises :class:`NonFiniteLossError` naming the epoch and the step.
+    ``shown``: more postfix fields for the progress bar (the last k-NN monitor value).
     """
     step.model.train()
     step.steps = state.step
@@ -169,7 +172,7 @@ def train_one_epoch(
                 recent = step.read_loss()
                 epoch_loss += recent * window
                 window = 0
-                bar.set_postfix(loss=f"{recent:.3f}", lr=f"{lr:.3g}")
+                bar.set_postfix({"loss": f"{recent:.3f}", "lr": f"{lr:.3g}", **(shown or {})})
         if window:
             epoch_loss += step.read_loss() * window
     except NonFiniteLossError as exc:
@@ -199,6 +202,26 @@ def log_quality(
     """
     return quality_metrics(model, dataset, recipe, num_samples=num_samples, device=device,
                            local=True)
+
+
+def make_monitor(
+    cfg: PretrainConfig, dataset: ImageDataset, recipe: ViewRecipe, model: SimCLRModel
+) -> KNNMonitor | None:
+    """The online k-NN monitor ``train.monitor_*`` asks for, or None (off, or a dataset
+    without single labels: then one line says why)."""
+    t = cfg.train
+    if not t.monitor_every:
+        return None
+    taps = parse_taps(t.monitor_taps, model.tap_names())
+    reason = unusable_reason(dataset)
+    if reason is not None:
+        if dist_utils.is_main_process():
+            print(f"k-NN monitor skipped: {reason}")
+        return None
+    return build_monitor(
+        dataset, recipe, t.monitor_split, taps, t.monitor_k, t.monitor_temperature, t.seed,
+        lambda: load_dataset(cfg.data.name, "test", cfg.data.root, cfg.data.cache_dir),
+    )
 
 
 def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -245,6 +268,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     setup = RunSetup.build(cfg, model, recipe)
+    monitor = make_monitor(cfg, dataset, recipe, model)
     if global_bn(cfg.train.sync_bn, world):
         model = convert_sync_batchnorm(model, device)  # type: ignore[assignment]
     model = model.to(device)
@@ -289,7 +313,8 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         )
     started = time.perf_counter()
     trained_before = state.train_time_s  # the earlier parts of a resumed run
-    stats: dict[str, float] = {}
+    stats: dict[str, Any] = {}
+    shown: dict[str, str] = {}  # the last monitor values, in the progress bar
     while state.epoch < cfg.train.epochs:
         batches.set_epoch(cfg.train.seed, state.epoch, dist_utils.rank(), world)
         stats = train_one_epoch(
@@ -300,9 +325,13 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             cfg.train.progress,
             steps_per_epoch,
             cfg.train.log_every,
+            shown,
         )
         state.epoch += 1
         last = state.epoch == cfg.train.epochs
+        if monitor is not None and (last or state.epoch % cfg.train.monitor_every == 0):
+            stats.update(monitor(model, device))  # every rank: a sharded extraction
+            shown = {f"knn_{tap}": f"{stats[monitor_key(tap)]:.1f}" for tap in monitor.taps}
         if main and cfg.train.quality_every and (last or state.epoch % cfg.train.quality_every == 0):
             stats.update(log_quality(model, dataset, recipe, device, cfg.train.quality_samples))
         state.train_time_s = trained_before + time.perf_counter() - started
@@ -311,9 +340,12 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
                 write_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, total_steps)
             append_jsonl(run_dir / METRICS_FILE, {"epoch": state.epoch, "step": state.step, **stats})
             if cfg.train.progress:
+                watched = "".join(f"  k-NN {tap} {stats[monitor_key(tap)]:.1f}%"
+                                  for tap in (monitor.taps if monitor else ())
+                                  if monitor_key(tap) in stats)
                 print(
                     f"epoch {state.epoch}/{cfg.train.epochs}  loss {stats['loss']:.4f}  "
-                    f"lr {stats['lr']:.4g}  {stats['pairs_per_s']:.0f} pairs/s"
+                    f"lr {stats['lr']:.4g}  {stats['pairs_per_s']:.0f} pairs/s{watched}"
                 )
     summary = {
         "event": "summary",

@@ -21,12 +21,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from pretrain.data import stratified_holdout
 from pretrain.errors import UserError
 from pretrain.quality import quality_from_features, view_features
 from probes.features import FeatureSet
 from probes.fewshot import fewshot_accuracy
 from probes.knn import DEFAULT_KS, knn_classify, knn_multilabel
-from probes.linear import DEFAULT_GRID, linear_probe, stratified_holdout
+from probes.linear import DEFAULT_GRID, linear_probe
 from probes.linear_multilabel import linear_probe_multilabel
 from probes.linear_sgd import evaluate_linear, train_linear_sgd
 from probes.metrics import with_score
@@ -57,7 +58,7 @@ def _num_classes(*sets: FeatureSet) -> int:
 
 def _split_features(fs: FeatureSet, fraction: float, seed: int) -> tuple[FeatureSet, FeatureSet]:
     """(train, val) of a seeded hold-out of ``fs``: stratified by class
-    (:func:`~probes.linear.stratified_holdout`), or a plain seeded random share of a multi-label
+    (:func:`~pretrain.data.stratified_holdout`), or a plain seeded random share of a multi-label
     set (no single class to stratify by)."""
     if fs.labels.dim() == 2:
         order = np.random.default_rng(seed).permutation(len(fs))

@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from pretrain.errors import UserError
 from pretrain.jsonl import read_jsonl
+from pretrain.monitor import monitor_key
 from pretrain.run import METRICS_FILE
 from transfer.records import (
     FlatRecord,
@@ -157,10 +158,20 @@ def plot_knn_k(records: Sequence[FlatRecord], path: str | Path, tap: str = "h") 
     return _save(fig, ax, path, f"k-NN accuracy vs k at tap {tap} ({_seeds(table)} seeds)")
 
 
+PRETRAINING_PANELS = (  # metrics.jsonl key, y label; a panel is drawn when any run logged it
+    ("loss", "NT-Xent loss"),
+    ("lr", "learning rate"),
+    (monitor_key("h"), "online k-NN top-1 at h (%)"),
+    (monitor_key("z"), "online k-NN top-1 at z (%)"),
+    ("quality/rankme/h", "RankMe at h"),
+)
+
+
 def plot_pretraining(
     curves: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str | Path
 ) -> Path | None:
-    """Pretraining loss and lr per epoch; runs sharing a label are averaged (band = std).
+    """Pretraining curves per epoch: loss, lr, and when logged the online k-NN monitor
+    (:mod:`pretrain.monitor`) and RankMe at h; runs sharing a label are averaged (band = std).
 
     Args:
         curves: (label, metrics.jsonl lines) per run (:func:`transfer.records.run_labels`);
@@ -173,11 +184,15 @@ def plot_pretraining(
             groups.setdefault(label, []).append(series)
     if not groups:
         return None
-    fig = Figure(figsize=(9, 3.6))
-    axes = fig.subplots(1, 2)
+    panels = [(key, name) for key, name in PRETRAINING_PANELS
+              if any(key in e for runs in groups.values() for s in runs for e in s.values())]
+    fig = Figure(figsize=(4.5 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels))
     for label, runs in groups.items():
-        for ax, key in zip(axes, ("loss", "lr"), strict=True):
+        for ax, (key, _) in zip(axes, panels, strict=True):
             epochs = sorted({e for s in runs for e in s if key in s[e]})
+            if not epochs:
+                continue
             vals = [[s[e][key] for s in runs if e in s and key in s[e]] for e in epochs]
             mean = np.array([np.mean(v) for v in vals])
             std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals])
@@ -185,12 +200,13 @@ def plot_pretraining(
                               label=f"{label} (n={len(runs)})")
             if len(runs) > 1:
                 ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
-    axes[0].set_ylabel("NT-Xent loss")
-    axes[1].set_ylabel("learning rate")
-    for ax in axes:
+    for ax, (_, name) in zip(axes, panels, strict=True):
+        ax.set_ylabel(name)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _finish(axes[1], "learning rate (end of epoch)")
+    for ax, (_, name) in zip(axes[2:], panels[2:], strict=True):
+        _finish(ax, name.replace(" (%)", ""))
     return _save(fig, axes[0], path, "pretraining loss (mean ± std over seeds)")
 
 

@@ -3,6 +3,7 @@ cifar10, imagefolder) and :mod:`pretrain.data.benchmark` (Kornblith et al.'s 12 
 datasets). Importing this package registers them all."""
 
 from pretrain.data import benchmark as benchmark  # registers the transfer datasets
+from pretrain.data.holdout import stratified_holdout
 from pretrain.data.images import (
     ARCHIVE_SUFFIXES,
     DATASETS,
@@ -30,4 +31,5 @@ __all__ = [
     "DatasetInfo", "ImageDataset", "Loader", "MissingSplitError", "TransformedDataset",
     "dataset_fingerprint", "extract_archive", "file_identity", "file_stats",
     "find_shared_archive", "load_dataset", "load_rgb", "scan_image_folder", "shared_data_dirs",
+    "stratified_holdout",
 ]

@@ -45,7 +45,8 @@ RESUME_MAY_CHANGE: frozenset[str] = frozenset({
     "train.device", "train.precision", "train.channels_last", "train.compile", "augment.device",
     # what is logged and how often the state is saved
     "train.log_every", "train.progress", "train.quality_every", "train.quality_samples",
-    "train.checkpoint_every",
+    "train.checkpoint_every", "train.monitor_every", "train.monitor_k",
+    "train.monitor_temperature", "train.monitor_split", "train.monitor_taps",
 })
 
 MAX_LISTED = 6  # changed keys shown with their values; the rest are counted

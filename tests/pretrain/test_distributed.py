@@ -177,3 +177,25 @@ def test_quality_logging_under_two_ranks_finishes_with_single_process_numbers(tm
     alone = quality_metrics(run.model, dataset, recipe, num_samples=64)
     assert epochs[-1]["quality/rankme/h"] == pytest.approx(alone["quality/rankme/h"], rel=1e-4)
     assert epochs[-1]["quality/alignment/z"] == pytest.approx(alone["quality/alignment/z"], rel=1e-4)
+
+
+def test_knn_monitor_under_two_ranks_shards_the_extraction_and_rank_zero_writes(
+    tmp_path: Path,
+) -> None:
+    """Every rank joins the monitor's sharded extraction (a rank that skipped it would hang the
+    gather); the one record per epoch equals the single-process monitor on the final weights."""
+    from pretrain.monitor import build_monitor, monitor_key
+
+    proc = _torchrun("-m", "pretrain.cli", *ARGS, "train.epochs=2", "train.monitor_every=1",
+                     "train.monitor_k=50", f"train.run_dir={tmp_path}", "train.name=m")
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    lines = read_jsonl(tmp_path / "m" / "metrics.jsonl")
+    epochs = [line for line in lines if "epoch" in line and "event" not in line]
+    assert [e["epoch"] for e in epochs] == [1, 2]  # rank 0 alone wrote
+    run = load_run(tmp_path / "m")
+    dataset = load_dataset("digits", "train", limit=128)
+    monitor = build_monitor(dataset, resolve_recipe(run.config.augment, dataset.info), "holdout",
+                            ("h",), 50, 0.1, seed=0, load_test=list)
+    alone = monitor(run.model, torch.device("cpu"))
+    assert epochs[-1][monitor_key("h")] == pytest.approx(alone[monitor_key("h")], abs=1e-9)

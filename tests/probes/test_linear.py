@@ -11,15 +11,10 @@ from sklearn.linear_model import LogisticRegression
 
 from pretrain.augment import eval_transform, resolve_recipe
 from pretrain.config import AugmentConfig
-from pretrain.data import load_dataset
+from pretrain.data import load_dataset, stratified_holdout
 from probes.checkpoints import load_any
 from probes.features import extract_features
-from probes.linear import (
-    fit_logistic,
-    linear_probe,
-    standardized,
-    stratified_holdout,
-)
+from probes.linear import fit_logistic, linear_probe, standardized
 from probes.logreg_batched import fit_logistic_batched
 from probes.metrics import classification_metrics
 

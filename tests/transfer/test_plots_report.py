@@ -246,3 +246,21 @@ def test_cli_plot_and_report(store: Path, tmp_path: Path, capsys: pytest.Capture
     assert "linear/top1" in page and "knn/top1" not in page
     assert main(["plot", str(tmp_path / "nothing-here")]) == 2
     assert "results not found" in capsys.readouterr().err
+
+
+def test_pretraining_curves_gain_the_knn_monitor_and_rankme_panels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figures = drawn_figures(monkeypatch)
+    plot_pretraining([("mlp-2", metrics_lines(3, 0))], tmp_path / "plain.png")
+    watched = [{**line, "monitor/knn_top1/h": 50.0 + line["epoch"], "monitor/split": "holdout",
+                "quality/rankme/h": 7.0} if "epoch" in line and "event" not in line else line
+               for s in range(2) for line in metrics_lines(3, s)]
+    plot_pretraining([("mlp-2", watched[: len(watched) // 2]), ("mlp-2", watched[len(watched) // 2:])],
+                     tmp_path / "watched.png")
+    plain, monitored = figures
+    assert [ax.get_ylabel() for ax in plain.axes] == ["NT-Xent loss", "learning rate"]
+    labels = [ax.get_ylabel() for ax in monitored.axes]
+    assert labels == ["NT-Xent loss", "learning rate", "online k-NN top-1 at h (%)", "RankMe at h"]
+    (curve,) = monitored.axes[2].get_lines()
+    assert list(curve.get_ydata()) == [51.0, 52.0, 53.0]  # the mean of the two seeds per epoch

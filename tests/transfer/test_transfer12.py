@@ -197,7 +197,7 @@ def test_split_and_metric_rules_on_the_real_subsets(
 ) -> None:
     """The shared Caltech-101 subset (train/test, read as caltech101:) and Tiny-ImageNet subset
     (train/val, read as imagefolder:): which split is tested once, which selects, which metric."""
-    from probes.linear import stratified_holdout
+    from pretrain.data import stratified_holdout
     from probes.session import ProbeOptions, ProbeSession
 
     def session(dataset: str) -> ProbeSession:

@@ -11,7 +11,7 @@ Zhai et al. 2019 hold one file name per line, e.g. ``n01440764_10026.JPEG``).
 * :func:`subset_from_file`: the images a list names, by file name (or by index, one integer
   per line, for in-memory datasets such as digits and CIFAR-10).
 * :func:`validation_holdout`: model selection never sees test: a seeded stratified hold-out
-  of the labelled subset (:func:`probes.linear.stratified_holdout`, as the linear probe's).
+  of the labelled subset (:func:`pretrain.data.stratified_holdout`, as the linear probe's).
 
 Indices always refer to the training split and are returned sorted.
 """
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pretrain.data import stratified_holdout
 from pretrain.errors import DataError, UserError
-from probes.linear import stratified_holdout
 
 
 @dataclass(frozen=True)
