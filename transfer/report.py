@@ -1,7 +1,8 @@
 """The static HTML report: every table, figure and run config in one self-contained folder.
 
 :func:`write_report` builds ``index.html`` in a folder that holds everything it links: figures
-(``figures/*.png``, :mod:`transfer.plots`), each table in every registered format
+(``figures/*.png``, :mod:`transfer.plots`, and the embedding map of the runs' test features,
+:mod:`transfer.embedding`), each table in every registered format
 (``tables/<table>.<extension>``, :data:`transfer.table_formats.TABLE_FORMATS`) and each run's
 ``config.yaml`` copied to ``configs/<run>.yaml``, so the folder can be moved or served as is.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from pretrain.errors import UserError
 from pretrain.run import CONFIG_FILE
+from transfer.embedding import EmbeddingOptions, report_embedding
 from transfer.plots import slug, write_figures
 from transfer.records import (
     METRIC,
@@ -90,6 +92,7 @@ img{max-width:100%}.skip{color:#a00}"""
 def write_report(
     paths: Sequence[str | Path], out_dir: str | Path, records: Sequence[FlatRecord],
     filters: Sequence[Filter] = (), digits: int = 2,
+    embedding: EmbeddingOptions | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` with every table, figure and run config; returns its path.
 
@@ -98,6 +101,8 @@ def write_report(
         out_dir: report folder (created; files of an earlier report are overwritten).
         records: flattened records (:func:`transfer.records.load_records`).
         filters: applied to the records before anything is made.
+        embedding: how to draw the embedding map of the runs' test features
+            (:func:`transfer.embedding.report_embedding`); None leaves it out.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +129,9 @@ def write_report(
         parts.append(render_html(table, digits=digits) + f"<p>{' · '.join(links)}</p>")
     runs = find_runs(paths, records)
     figures, skipped = write_figures(records, runs, out / "figures")
+    if embedding is not None:
+        maps, missed = report_embedding(runs, out / "figures", embedding)
+        figures, skipped = figures + maps, skipped + missed
     parts.append("<h2>Figures</h2>")
     for title, path in figures:
         rel = path.relative_to(out).as_posix()

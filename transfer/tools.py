@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.errors import UserError
+from pretrain.run import CONFIG_FILE, is_run_dir
 from probes.registry import Evaluator
 from transfer.records import Filter, apply_filters, find_runs, load_records
 from transfer.stats import DEFAULT_RESAMPLES
@@ -91,15 +92,46 @@ def run_table(args: argparse.Namespace) -> dict[str, Any]:
             "comparisons": [c.describe(args.digits) for c in comparisons]}
 
 
+def _add_embedding_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of an embedding map (``plot --kind embedding``, the report's map)."""
+    p.add_argument("--tap", default="h,z", help="taps to map: comma list such as h,z or all "
+                   "(default: h,z)")
+    p.add_argument("--max-points", type=int, default=2000,
+                   help="seeded random subsample of the test images per run (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsample and the embedding")
+    p.add_argument("--cache-dir", default="", help="feature cache (default: the run's "
+                   "data.cache_dir); features the probes cached are reused")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (feature "
+                   "extraction when not cached)")
+
+
+def _embedding_options(args: argparse.Namespace, method: str) -> Any:
+    from transfer.embedding import EmbeddingOptions
+
+    return EmbeddingOptions(taps=args.tap, method=method, max_points=args.max_points,
+                            seed=args.seed, cache_dir=args.cache_dir, device=args.device)
+
+
 def add_plot_arguments(p: argparse.ArgumentParser) -> None:
     _add_inputs(p)
     p.add_argument("-o", "--output", default="figures", help="folder for the PNG files")
+    p.add_argument("--kind", choices=["records", "embedding"], default="records",
+                   help="records: every figure of the result records and pretraining logs "
+                   "(default); embedding: 2-D maps of each RESULTS run's test features by class, "
+                   "one panel per tap and run (embedding.png)")
+    p.add_argument("--method", choices=["tsne", "umap", "pca"], default="tsne",
+                   help="--kind embedding: tsne (sklearn TSNE), pca (sklearn PCA) or umap "
+                   "(needs umap-learn) (default: tsne)")
+    _add_embedding_arguments(p)
 
 
 def run_plot(args: argparse.Namespace) -> dict[str, Any]:
-    """Write every figure the records support; returns their paths."""
+    """Write every figure the records support (or, with ``--kind embedding``, the embedding
+    map of the runs); returns their paths."""
     from transfer.plots import write_figures  # matplotlib loads only when a tool that needs it runs
 
+    if args.kind == "embedding":
+        return run_embedding_plot(args)
     records = apply_filters(load_records(args.results), [Filter.parse(f) for f in args.filter])
     figures, skipped = write_figures(records, find_runs(args.results, records), args.output)
     for title, path in figures:
@@ -111,10 +143,29 @@ def run_plot(args: argparse.Namespace) -> dict[str, Any]:
     return {"figures": [str(p) for _, p in figures]}
 
 
+def run_embedding_plot(args: argparse.Namespace) -> dict[str, Any]:
+    """``plot --kind embedding``: one PNG with a map per tap (rows) and run (columns)."""
+    from transfer.embedding import check_method, write_embedding_map
+
+    check_method(args.method)  # before any run is loaded: umap without umap-learn fails here
+    runs = [Path(r).resolve() for r in args.results if is_run_dir(r)]
+    runs += [r for r in find_runs(args.results) if r not in runs]
+    if not runs:
+        raise UserError(f"no run directory (with {CONFIG_FILE}) among {', '.join(args.results)}")
+    path = Path(args.output) / f"embedding_{args.method}.png"
+    fig = write_embedding_map(runs, path, _embedding_options(args, args.method))
+    print(f"{fig.path}  ({args.method} maps: {fig.grid[0]} taps x {fig.grid[1]} runs)")
+    return {"figures": [str(fig.path)]}
+
+
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     _add_inputs(p)
     p.add_argument("-o", "--output", default="report", help="report folder (index.html inside)")
     p.add_argument("--digits", type=int, default=2, help="decimals shown")
+    p.add_argument("--embedding", default="pca", choices=["pca", "tsne", "umap", "none"],
+                   help="embedding map of the runs' test features in the report (default: pca; "
+                   "none: leave it out)")
+    _add_embedding_arguments(p)
 
 
 def run_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,8 +173,9 @@ def run_report(args: argparse.Namespace) -> dict[str, Any]:
     from transfer.report import write_report
 
     records = load_records(args.results)
+    embedding = None if args.embedding == "none" else _embedding_options(args, args.embedding)
     index = write_report(args.results, args.output, records,
-                         [Filter.parse(f) for f in args.filter], args.digits)
+                         [Filter.parse(f) for f in args.filter], args.digits, embedding)
     print(f"wrote {index}")
     return {"report": str(index)}
 
