@@ -120,6 +120,10 @@ class PretrainConfig:
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise ConfigError(f"{key} must be one of {', '.join(valid)}; got {value!r}")
+        if self.train.monitor_every < 0:
+            raise ConfigError(
+                f"train.monitor_every must be >= 0 (0 = off), got {self.train.monitor_every}"
+            )
         if self.train.log_every < 1:
             raise ConfigError(f"train.log_every must be >= 1, got {self.train.log_every}")
         if self.optim.lr_scaling not in ("linear", "sqrt", "none"):

@@ -158,16 +158,28 @@ def test_a_failing_rank_stops_the_job_with_its_error(tmp_path: Path) -> None:
     assert "error: dataset path not found: /no/such/folder" in out.decode()
 
 
+def _two_rank_pretraining(run: Path, *overrides: str) -> list[dict]:
+    """Pretrain 2 epochs on WORLD ranks into ``run``; returns all of its metrics.jsonl lines
+    after checking that it succeeded and logged exactly one line per epoch (rank 0 alone)."""
+    proc = _torchrun("-m", "pretrain.cli", *ARGS, "train.epochs=2", *overrides,
+                     f"train.run_dir={run.parent}", f"train.name={run.name}")
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    lines = read_jsonl(run / "metrics.jsonl")
+    assert [e["epoch"] for e in _epoch_lines(lines)] == [1, 2]
+    return lines
+
+
+def _epoch_lines(lines: list[dict]) -> list[dict]:
+    return [line for line in lines if "epoch" in line and "event" not in line]
+
+
 def test_quality_logging_under_two_ranks_finishes_with_single_process_numbers(tmp_path: Path) -> None:
     """``train.quality_every`` used to hang under torchrun: rank 0 alone ran a sharded
     extraction whose collectives the other rank, already training, never joined."""
-    proc = _torchrun("-m", "pretrain.cli", *ARGS, "train.epochs=2", "train.quality_every=1",
-                     "train.quality_samples=64", f"train.run_dir={tmp_path}", "train.name=q")
-    out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, out.decode()[-2000:]
-    lines = read_jsonl(tmp_path / "q" / "metrics.jsonl")
-    epochs = [line for line in lines if "epoch" in line and "event" not in line]
-    assert [e["epoch"] for e in epochs] == [1, 2]
+    lines = _two_rank_pretraining(tmp_path / "q", "train.quality_every=1",
+                                  "train.quality_samples=64")
+    epochs = _epoch_lines(lines)
     assert all("quality/rankme/h" in e for e in epochs)
     summary = lines[-1]
     assert summary["world_size"] == 2 and summary["global_bn"] is True
@@ -186,13 +198,8 @@ def test_knn_monitor_under_two_ranks_shards_the_extraction_and_rank_zero_writes(
     gather); the one record per epoch equals the single-process monitor on the final weights."""
     from pretrain.monitor import build_monitor, monitor_key
 
-    proc = _torchrun("-m", "pretrain.cli", *ARGS, "train.epochs=2", "train.monitor_every=1",
-                     "train.monitor_k=50", f"train.run_dir={tmp_path}", "train.name=m")
-    out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, out.decode()[-2000:]
-    lines = read_jsonl(tmp_path / "m" / "metrics.jsonl")
-    epochs = [line for line in lines if "epoch" in line and "event" not in line]
-    assert [e["epoch"] for e in epochs] == [1, 2]  # rank 0 alone wrote
+    epochs = _epoch_lines(_two_rank_pretraining(tmp_path / "m", "train.monitor_every=1",
+                                                "train.monitor_k=50"))
     run = load_run(tmp_path / "m")
     dataset = load_dataset("digits", "train", limit=128)
     monitor = build_monitor(dataset, resolve_recipe(run.config.augment, dataset.info), "holdout",

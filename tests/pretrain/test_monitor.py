@@ -148,6 +148,7 @@ def test_unlabelled_training_data_runs_without_the_monitor(
     ("train.monitor_taps=h,q", "unknown tap(s) q; this model has h, head.0, z"),
     ("train.monitor_split=val", "train.monitor_split must be one of holdout, test"),
     ("train.monitor_k=0", "train.monitor_k must be >= 1"),
+    ("train.monitor_every=-1", "train.monitor_every must be >= 0 (0 = off), got -1"),
 ])
 def test_bad_monitor_settings_are_refused_before_training(tmp_path: Path, override: str,
                                                           message: str) -> None:
