@@ -92,6 +92,11 @@ class TrainConfig:
     sync_bn: bool | None = None
     checkpoint_every: int = 1  # epochs between checkpoints
     progress: bool = True  # tqdm bar per epoch
+    # Dashboards (pretrain.scalars), beside metrics.jsonl: TensorBoard event files in
+    # <run>/tensorboard/ (extra [tensorboard]); a W&B project name, "" = off (extra [wandb];
+    # WANDB_MODE=offline keeps it on disk)
+    tensorboard: bool = False
+    wandb_project: str = ""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from pretrain import distributed as dist_utils
 from pretrain.augment import TwoViews, ViewRecipe, resolve_recipe, simclr_transform
 from pretrain.config import PretrainConfig
+from pretrain.config_io import to_dict
 from pretrain.data import ImageDataset, TransformedDataset, load_dataset
 from pretrain.distributed import resolve_device
 from pretrain.errors import ConfigError, NonFiniteLossError
@@ -47,6 +48,7 @@ from pretrain.run import (
     write_run_files,
 )
 from pretrain.run.resume import epoch_loss, finished_summary, open_resume
+from pretrain.scalars import ScalarWriters, check_available, open_writers
 from pretrain.step import TrainStep
 from pretrain.sync_bn import convert_sync_batchnorm
 
@@ -140,12 +142,14 @@ def train_one_epoch(
     num_batches: int,
     log_every: int,
     shown: dict[str, str] | None = None,
+    on_read: Callable[[int, float, float], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the epoch's mean loss, last lr, pairs/s and seconds.
 
     The loss is read back from the device only every ``log_every`` steps and at the end, where
     a non-finite loss raises :class:`NonFiniteLossError` naming the epoch and the step.
     ``shown``: more postfix fields for the progress bar (the last k-NN monitor value).
+    ``on_read(step, loss, lr)``: called at each read-back (the dashboards' per-step curve).
     """
     step.model.train()
     step.steps = state.step
@@ -173,6 +177,8 @@ def train_one_epoch(
                 epoch_loss += recent * window
                 window = 0
                 bar.set_postfix({"loss": f"{recent:.3f}", "lr": f"{lr:.3g}", **(shown or {})})
+                if on_read is not None:
+                    on_read(state.step, recent, lr)
         if window:
             epoch_loss += step.read_loss() * window
     except NonFiniteLossError as exc:
@@ -238,6 +244,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             f"divisible by the number of processes ({world})"
         )
     main = dist_utils.is_main_process()
+    check_available(cfg.train.tensorboard, cfg.train.wandb_project)  # before anything is read
     run_dir = prepare_run_dir(cfg, resume)  # checks the registered names; creates nothing
     resumed = open_resume(run_dir, cfg, device) if resume else None  # refuses changed keys
     if resumed is not None:
@@ -311,42 +318,57 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             f"batch {cfg.train.batch_size}, peak lr {peak_lr:.4g}, device {device}, "
             f"augmentation on {augment_where}"
         )
+    writers = ScalarWriters()
+    if main and (cfg.train.tensorboard or cfg.train.wandb_project):
+        writers = open_writers(run_dir, tensorboard=cfg.train.tensorboard,
+                               wandb_project=cfg.train.wandb_project, config=to_dict(cfg),
+                               resume_step=state.step if resumed is not None else None)
     started = time.perf_counter()
     trained_before = state.train_time_s  # the earlier parts of a resumed run
     stats: dict[str, Any] = {}
     shown: dict[str, str] = {}  # the last monitor values, in the progress bar
-    while state.epoch < cfg.train.epochs:
-        batches.set_epoch(cfg.train.seed, state.epoch, dist_utils.rank(), world)
-        stats = train_one_epoch(
-            step,
-            iter(batches),
-            lrs,
-            state,
-            cfg.train.progress,
-            steps_per_epoch,
-            cfg.train.log_every,
-            shown,
-        )
-        state.epoch += 1
-        last = state.epoch == cfg.train.epochs
-        if monitor is not None and (last or state.epoch % cfg.train.monitor_every == 0):
-            stats.update(monitor(model, device))  # every rank: a sharded extraction
-            shown = {f"knn_{tap}": f"{stats[monitor_key(tap)]:.1f}" for tap in monitor.taps}
-        if main and cfg.train.quality_every and (last or state.epoch % cfg.train.quality_every == 0):
-            stats.update(log_quality(model, dataset, recipe, device, cfg.train.quality_samples))
-        state.train_time_s = trained_before + time.perf_counter() - started
-        if main:
-            if last or state.epoch % cfg.train.checkpoint_every == 0:
-                write_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, total_steps)
-            append_jsonl(run_dir / METRICS_FILE, {"epoch": state.epoch, "step": state.step, **stats})
-            if cfg.train.progress:
-                watched = "".join(f"  k-NN {tap} {stats[monitor_key(tap)]:.1f}%"
-                                  for tap in (monitor.taps if monitor else ())
-                                  if monitor_key(tap) in stats)
-                print(
-                    f"epoch {state.epoch}/{cfg.train.epochs}  loss {stats['loss']:.4f}  "
-                    f"lr {stats['lr']:.4g}  {stats['pairs_per_s']:.0f} pairs/s{watched}"
-                )
+
+    def per_step(at: int, loss: float, lr: float) -> None:
+        writers.write({"step/loss": loss, "step/lr": lr}, at)
+
+    with writers:
+        while state.epoch < cfg.train.epochs:
+            batches.set_epoch(cfg.train.seed, state.epoch, dist_utils.rank(), world)
+            stats = train_one_epoch(
+                step,
+                iter(batches),
+                lrs,
+                state,
+                cfg.train.progress,
+                steps_per_epoch,
+                cfg.train.log_every,
+                shown,
+                per_step if writers.active else None,
+            )
+            state.epoch += 1
+            last = state.epoch == cfg.train.epochs
+            if monitor is not None and (last or state.epoch % cfg.train.monitor_every == 0):
+                stats.update(monitor(model, device))  # every rank: a sharded extraction
+                shown = {f"knn_{tap}": f"{stats[monitor_key(tap)]:.1f}" for tap in monitor.taps}
+            if main and cfg.train.quality_every and (
+                last or state.epoch % cfg.train.quality_every == 0
+            ):
+                stats.update(log_quality(model, dataset, recipe, device, cfg.train.quality_samples))
+            state.train_time_s = trained_before + time.perf_counter() - started
+            if main:
+                if last or state.epoch % cfg.train.checkpoint_every == 0:
+                    write_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, total_steps)
+                line = {"epoch": state.epoch, "step": state.step, **stats}
+                append_jsonl(run_dir / METRICS_FILE, line)
+                writers.write({"epoch": state.epoch, **stats}, state.step)  # train/loss, monitor/..
+                if cfg.train.progress:
+                    watched = "".join(f"  k-NN {tap} {stats[monitor_key(tap)]:.1f}%"
+                                      for tap in (monitor.taps if monitor else ())
+                                      if monitor_key(tap) in stats)
+                    print(
+                        f"epoch {state.epoch}/{cfg.train.epochs}  loss {stats['loss']:.4f}  "
+                        f"lr {stats['lr']:.4g}  {stats['pairs_per_s']:.0f} pairs/s{watched}"
+                    )
     summary = {
         "event": "summary",
         "run_dir": str(run_dir),

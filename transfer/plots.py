@@ -240,7 +240,8 @@ def write_figures(
         jobs.append((f"RankMe per tap{where}", out_dir / f"rankme{sfx}.png", partial(plot_rankme, recs)))
     labels, left_out = run_labels(runs)
     curves = [(label, read_jsonl(run / METRICS_FILE)) for run, label in labels.items()]
-    jobs.append(("pretraining loss and learning rate", out_dir / "pretraining.png",
+    jobs.append(("pretraining curves per epoch (loss, lr, online k-NN, RankMe when logged)",
+                 out_dir / "pretraining.png",
                  partial(plot_pretraining, curves)))
     written, skipped = [], [f"pretraining curve: {line}" for line in left_out]
     for title, path, make in jobs:

@@ -47,6 +47,7 @@ RESUME_MAY_CHANGE: frozenset[str] = frozenset({
     "train.log_every", "train.progress", "train.quality_every", "train.quality_samples",
     "train.checkpoint_every", "train.monitor_every", "train.monitor_k",
     "train.monitor_temperature", "train.monitor_split", "train.monitor_taps",
+    "train.tensorboard", "train.wandb_project",
 })
 
 MAX_LISTED = 6  # changed keys shown with their values; the rest are counted

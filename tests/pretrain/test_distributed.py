@@ -195,11 +195,13 @@ def test_knn_monitor_under_two_ranks_shards_the_extraction_and_rank_zero_writes(
     tmp_path: Path,
 ) -> None:
     """Every rank joins the monitor's sharded extraction (a rank that skipped it would hang the
-    gather); the one record per epoch equals the single-process monitor on the final weights."""
+    gather); the one record per epoch equals the single-process monitor on the final weights.
+    With TensorBoard on, rank 0 alone writes events (one event file)."""
     from pretrain.monitor import build_monitor, monitor_key
 
     epochs = _epoch_lines(_two_rank_pretraining(tmp_path / "m", "train.monitor_every=1",
-                                                "train.monitor_k=50"))
+                                                "train.monitor_k=50", "train.tensorboard=true"))
+    assert len(list((tmp_path / "m" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     run = load_run(tmp_path / "m")
     dataset = load_dataset("digits", "train", limit=128)
     monitor = build_monitor(dataset, resolve_recipe(run.config.augment, dataset.info), "holdout",

@@ -80,6 +80,18 @@ def test_detectron2_engine_without_detectron2(capsys: pytest.CaptureFixture,
                     "github.com/facebookresearch/detectron2")
 
 
+def test_tensorboard_without_the_package(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    out = tmp_path / "out"
+    args = ["detection", "--config", "bccd_r18_fpn", "--output-dir", str(out), "random",
+            "model.encoder=resnet18", "train.tensorboard=true"]
+    assert main(args) == 2
+    _one_line_error(capsys, "train.tensorboard=true needs the tensorboard package",
+                    "simclr-transfer[tensorboard]")
+    assert not out.exists()
+
+
 def test_list_shows_detection_and_export(capsys: pytest.CaptureFixture) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out

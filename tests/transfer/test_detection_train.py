@@ -40,7 +40,7 @@ def test_finetune_from_a_run_directory_records_ap(tmp_path: Path, bccd: Path, da
     args = ["detection", "--config", "bccd_r18_fpn", str(run), *FAST,
             f"data.cache_dir={data_cache}", "data.train=[{root: " + str(bccd) + ", split: train}]",
             "data.test={root: " + str(bccd) + ", split: test}", "model.norm=bn",
-            "eval.precise_bn_iters=2"]
+            "eval.precise_bn_iters=2", "train.tensorboard=true", "train.log_every=1"]
     assert main(args) == 0
     out = capsys.readouterr()
     assert "loaded 120 tensors; missing: none" in out.out
@@ -59,8 +59,22 @@ def test_finetune_from_a_run_directory_records_ap(tmp_path: Path, bccd: Path, da
     assert record["settings"]["train"]["iterations"] == 2
     assert record["settings"]["dropped_train"] == 1
     assert record["settings"]["precise_bn_batches"] == 2  # trained BNs re-estimated before eval
-    log = _records(run / "detection" / "bccd_r18_fpn_s0" / "train_log.jsonl")
+    work = run / "detection" / "bccd_r18_fpn_s0"
+    log = _records(work / "train_log.jsonl")
     assert log[-1]["iter"] == 2 and all(math.isfinite(r["loss"]) for r in log)
+    # TensorBoard (train.tensorboard): the logged losses per iteration, the test AP at the end
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(work / "tensorboard"))
+    board.Reload()
+    series = {tag: [(e.step, e.value) for e in board.Scalars(tag)]
+              for tag in board.Tags()["scalars"]}
+    for key in ("loss", "lr", "loss_classifier", "loss_box_reg", "loss_objectness",
+                "loss_rpn_box_reg"):
+        assert series[f"detection/{key}"] == [(r["iter"], pytest.approx(r[key], rel=1e-6))
+                                              for r in log], key
+    for key in ("det/voc07_AP50", "det/coco_AP", "det/voc07_AP50/RBC"):
+        assert series[key] == [(2, pytest.approx(m[key], rel=1e-6))]
 
 
 def test_random_init_with_two_seeds_reports_mean_and_std(tmp_path: Path, bccd: Path,

@@ -301,16 +301,19 @@ def test_coco_metrics_equal_detectron2s_coco_evaluator(shared_data: Path, data_c
     assert 20.0 < mine["det/coco_AP"] < 90.0  # discriminating: neither perfect nor empty
 
 
-def test_tensorboard_writer_only_when_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                detectron2_importable: None) -> None:
+def test_tensorboard_writer_only_when_asked_for(tmp_path: Path,
+                                               detectron2_importable: None) -> None:
     from detectron2.utils.events import TensorboardXWriter
 
     from transfer.detection import detectron2_engine
 
-    monkeypatch.setattr(detectron2_engine, "tensorboard_available", lambda: False)
     writers = detectron2_engine.event_writers(tmp_path, 10)
     assert [type(w).__name__ for w in writers] == ["CommonMetricPrinter", "JSONWriter"]
-    assert not any(isinstance(w, TensorboardXWriter) for w in writers)
+    for w in writers:
+        w.close()
+    writers = detectron2_engine.event_writers(tmp_path, 10, tensorboard=True)
+    board = [w for w in writers if isinstance(w, TensorboardXWriter)]
+    assert len(board) == 1 and Path(board[0]._writer_args["log_dir"]) == tmp_path / "tensorboard"
     for w in writers:
         w.close()
 

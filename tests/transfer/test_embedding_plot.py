@@ -102,11 +102,31 @@ def test_cli_tsne_and_user_errors(
     assert main(["plot", "--kind", "embedding", str(runs[0]), "--method", "isomap", *common]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "invalid choice: 'isomap'" in err and "pca" in err
-    if importlib.util.find_spec("umap") is None:
+    real_find_spec = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as mp:  # as where umap-learn is not installed
+        mp.setattr(importlib.util, "find_spec",
+                   lambda name, *a: None if name == "umap" else real_find_spec(name, *a))
         assert main(["plot", "--kind", "embedding", str(runs[0]), "--method", "umap",
                      *common]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: --method umap needs umap-learn") and "\n" not in err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --method umap needs umap-learn") and "\n" not in err
+
+
+def test_umap_coordinates_are_umap_learn_of_the_test_features(
+    suite: tuple[list[Path], Path], tmp_path: Path
+) -> None:
+    """umap-learn is in the test extra; its first call compiles numba kernels (~20 s here)."""
+    umap = pytest.importorskip("umap", reason="umap-learn is not installed: pip install umap-learn")
+    runs, cache = suite
+    fig = write_embedding_map(runs[:1], tmp_path / "u.png",
+                              options(cache, method="umap", taps="h", max_points=120, seed=2))
+    session = ProbeSession.open(ProbeOptions(run=str(runs[0]), tap="h", cache_dir=str(cache)))
+    test = session.features("test")
+    (panel,) = fig.panels
+    x = test.feats["h"].numpy()[panel.indices]
+    expected = umap.UMAP(n_components=2, random_state=2).fit_transform(x)
+    np.testing.assert_allclose(panel.coords, expected, rtol=1e-4, atol=1e-4)
+    assert panel.coords.shape == (120, 2) and fig.path.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_report_shows_the_embedding_map(suite: tuple[list[Path], Path], tmp_path: Path) -> None:

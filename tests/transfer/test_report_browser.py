@@ -20,7 +20,14 @@ import pytest
 from matplotlib import image as mpimg
 from test_plots_report import PNG_SIGNATURE, make_store
 
+from pretrain.cli import main as pretrain_main
 from transfer.cli import main
+
+FAST = [  # a one-epoch digits run in seconds
+    "data.limit=300", "model.hidden_dim=32", "model.out_dim=16", "train.batch_size=64",
+    "optim.name=sgd", "optim.lr=0.1", "optim.warmup_epochs=0", "train.progress=false",
+    "train.epochs=2", "train.monitor_k=20",
+]
 
 pytestmark = pytest.mark.browser
 
@@ -135,8 +142,8 @@ def browser() -> str:
     return found
 
 
-def test_report_opens_in_a_browser(browser: str, tmp_path: Path) -> None:
-    index = build_report(tmp_path)
+def check_page(browser: str, index: Path, tmp_path: Path) -> tuple[_Page, str, Path]:
+    """The checks every report page passes; returns its parsed HTML, its DOM and a screenshot."""
     out = index.parent
     html_page = _Page()
     html_page.feed(index.read_text())
@@ -159,7 +166,7 @@ def test_report_opens_in_a_browser(browser: str, tmp_path: Path) -> None:
     assert dom.images == len(html_page.images)
     body_rows = [cells for cells in dom.rows if cells > 1]
     assert len(body_rows) > dom.tables, dom.rows  # more than one header row per table
-    assert "simclr-transfer report" in dom_text and "mlp3_s1" in dom_text
+    assert "simclr-transfer report" in dom_text
 
     # the screenshot shows something: not one flat colour
     png = screenshot(browser, index, tmp_path / "shot" / "report.png", tmp_path / "profile")
@@ -169,3 +176,31 @@ def test_report_opens_in_a_browser(browser: str, tmp_path: Path) -> None:
     assert float(np.std(pixels)) > 0.02
     colours = np.unique((pixels.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
     assert len(colours) > 50, len(colours)
+    return html_page, dom_text, png
+
+
+def test_report_opens_in_a_browser(browser: str, tmp_path: Path) -> None:
+    _, dom_text, _ = check_page(browser, build_report(tmp_path), tmp_path)
+    assert "mlp3_s1" in dom_text
+
+
+def test_report_of_trained_runs_shows_curves_and_the_embedding_map(browser: str,
+                                                                     tmp_path: Path) -> None:
+    """Real (one-epoch) runs probed by k-NN: the report holds their pretraining curves and the
+    PCA map of their cached test features, and the page still passes every check."""
+    runs = []
+    for name, head in (("mlp2", "mlp"), ("linear", "linear")):
+        run = tmp_path / "runs" / name
+        assert pretrain_main([*FAST, f"train.run_dir={tmp_path / 'runs'}", f"train.name={name}",
+                              f"model.head={head}", "train.monitor_every=1",
+                              "train.quality_every=1", "train.quality_samples=64"]) == 0
+        assert main(["knn", str(run), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+                     "--k", "5"]) == 0
+        runs.append(run)
+    out = tmp_path / "report"
+    assert main(["report", *map(str, runs), "-o", str(out), "--cache-dir",
+                 str(tmp_path / "cache"), "--device", "cpu", "--max-points", "200"]) == 0
+    page, dom_text, _ = check_page(browser, out / "index.html", tmp_path)
+    assert "figures/embedding_pca.png" in page.images
+    assert any("pretraining" in src for src in page.images), page.images
+    assert "embedding_pca.png" in dom_text

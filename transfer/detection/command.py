@@ -26,6 +26,7 @@ from pretrain.distributed import resolve_device
 from pretrain.errors import ConfigError
 from pretrain.jsonl import append_jsonl
 from pretrain.run import RESULTS_FILE
+from pretrain.scalars import check_available, open_writers
 from pretrain.step import use_bf16
 from probes.records import parse_tags
 from transfer.detection import distributed as dist
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     name = cfg.name or cfg_path.stem
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    check_available(cfg.train.tensorboard, "")  # one line, before any data or weights are read
     source = load_backbone_source(args.source, cfg.model.encoder)
     run_one = engine_runner(args.engine, cfg, args.resume)
     train_ds, test_ds, data_stats = load_detection_data(cfg.data)
@@ -170,6 +172,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                   seed_cfg.train.seed, time.perf_counter() - start, device,
                                   parse_tags(args.tag))
         append_jsonl(results, record)
+        if seed_cfg.train.tensorboard:  # the test metrics, at the last iteration
+            with open_writers(work_dir, tensorboard=True) as writers:
+                writers.write(metrics, seed_cfg.train.max_iter)
         per_seed.append(metrics)
         shown = ", ".join(f"{k.split('/')[1]} {metrics[k]:.2f}" for k in headline)
         print(f"detection seed {seed_cfg.train.seed}: {shown}  (record: {results})")

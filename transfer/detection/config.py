@@ -80,6 +80,9 @@ class TrainConfig:
     checkpoint_every: int = 1000  # iterations between atomic checkpoints (and at the end)
     log_every: int = 20  # iterations between lines of train_log.jsonl
     progress: bool = True  # tqdm bar
+    # losses (every log_every iterations) and the test metrics to <work>/tensorboard/
+    # (pretrain.scalars; extra [tensorboard])
+    tensorboard: bool = False
 
 
 @dataclass

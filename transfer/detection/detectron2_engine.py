@@ -20,8 +20,9 @@ the per-seed loop, the record and its tags (:mod:`.command`).
 
 Where running ``DefaultTrainer`` as a library departs from its defaults, and why:
 
-* writers: ``CommonMetricPrinter`` and ``JSONWriter`` (``metrics.json``); TensorBoard's only
-  when ``tensorboard`` is installed (the default writers import it unconditionally);
+* writers: ``CommonMetricPrinter`` and ``JSONWriter`` (``metrics.json``); TensorBoard's
+  (``TensorboardXWriter``, into ``<work>/tensorboard/`` as the torchvision engine) only with
+  ``train.tensorboard`` (the default writers import tensorboard unconditionally);
 * no ``EvalHook``: it evaluates after the last iteration even with ``TEST.EVAL_PERIOD: 0``;
   the engine evaluates once, after training and Precise BN;
 * the seed is applied (``seed_all_rng``, what ``default_setup`` does) before the model, the
@@ -37,7 +38,6 @@ uninterrupted one), torchrun (detectron2 has its own launcher), ``train.hflip_pr
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import logging
 import os
@@ -76,6 +76,7 @@ from torch import nn
 
 from pretrain.distributed import is_distributed, resolve_device
 from pretrain.errors import ConfigError, NonFiniteLossError
+from pretrain.scalars import TENSORBOARD_DIR
 from pretrain.step import use_bf16
 from transfer.detection.config import DetectionConfig
 from transfer.detection.detectron2_config import detectron2_config
@@ -191,15 +192,12 @@ class PredictionCollector(DatasetEvaluator):
         return sorted(self.predictions, key=lambda p: p["index"])
 
 
-def tensorboard_available() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None
-
-
-def event_writers(output_dir: Path, max_iter: int) -> list[EventWriter]:
-    """Console and ``metrics.json`` writers (no extra package); TensorBoard's when installed."""
+def event_writers(output_dir: Path, max_iter: int, tensorboard: bool = False) -> list[EventWriter]:
+    """Console and ``metrics.json`` writers (no extra package); TensorBoard's when asked for
+    (``train.tensorboard``, whose package :func:`.command.run` has checked)."""
     writers = [CommonMetricPrinter(max_iter), JSONWriter(str(output_dir / METRICS_FILE))]
-    if tensorboard_available():
-        writers.append(TensorboardXWriter(str(output_dir)))
+    if tensorboard:
+        writers.append(TensorboardXWriter(str(output_dir / TENSORBOARD_DIR)))
     return writers
 
 
@@ -207,8 +205,9 @@ class EngineTrainer(DefaultTrainer):
     """``DefaultTrainer`` with ``DefaultTrainer.build_hooks``'s hooks minus ``EvalHook``,
     writers from :func:`event_writers` every ``log_period`` iterations."""
 
-    def __init__(self, cfg: CfgNode, log_period: int) -> None:
+    def __init__(self, cfg: CfgNode, log_period: int, tensorboard: bool = False) -> None:
         self.log_period = log_period  # read by build_hooks, which DefaultTrainer.__init__ calls
+        self.tensorboard = tensorboard
         super().__init__(cfg)
 
     def build_hooks(self) -> list[Any]:
@@ -225,7 +224,7 @@ class EngineTrainer(DefaultTrainer):
         return out
 
     def build_writers(self) -> list[EventWriter]:
-        return event_writers(Path(self.cfg.OUTPUT_DIR), self.max_iter)
+        return event_writers(Path(self.cfg.OUTPUT_DIR), self.max_iter, self.tensorboard)
 
 
 class KeyReportingCheckpointer(DetectionCheckpointer):
@@ -345,7 +344,7 @@ def run_seed(cfg: DetectionConfig, source: BackboneSource, train_ds: DetectionDa
         d2cfg.merge_from_file(str(work_dir / CONFIG_FILE))
         d2cfg.freeze()
         seed_all_rng(t.seed)  # before the model, the data loader and its sampler exist
-        trainer = EngineTrainer(d2cfg, log_period=t.log_every)
+        trainer = EngineTrainer(d2cfg, log_period=t.log_every, tensorboard=t.tensorboard)
         if bf16:
             trainer._trainer.precision = torch.bfloat16  # AMPTrainer's autocast dtype (fp16 default)
         own = backbone_keys(trainer.model, cfg.model.arch)

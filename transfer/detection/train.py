@@ -26,6 +26,7 @@ from tqdm import tqdm
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
 from pretrain.errors import ConfigError, NonFiniteLossError, UserError
 from pretrain.jsonl import append_jsonl
+from pretrain.scalars import ScalarWriters, open_writers
 from pretrain.step import use_bf16
 from transfer.detection import distributed as dist
 from transfer.detection.config import TrainConfig
@@ -126,6 +127,9 @@ def train_detector(
         )
     batches = training_batches(dataset, cfg, device, start, cfg.max_iter - start, num_workers)
     bf16 = use_bf16(cfg.precision, device)
+    writers = ScalarWriters()
+    if cfg.tensorboard and dist.is_main():  # a resumed run hides its earlier events from `start`
+        writers = open_writers(work_dir, tensorboard=True, resume_step=start if resume else None)
     net.train()
     window: list[float] = []
     t0 = time.perf_counter()
@@ -141,6 +145,7 @@ def train_detector(
             if dist.is_main() and (done % cfg.log_every == 0 or done == cfg.max_iter):
                 append_jsonl(work_dir / TRAIN_LOG, {"iter": done, "lr": lrs[it], "loss": window[-1],
                                                     **terms, "time": time.perf_counter() - t0})
+                writers.write({"loss": window[-1], "lr": lrs[it], **terms}, done, "detection")
             if dist.is_main() and (done % cfg.checkpoint_every == 0 or done == cfg.max_iter):
                 save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "iteration": done, "seed": cfg.seed, "batch_size": cfg.batch_size},
@@ -151,6 +156,7 @@ def train_detector(
         raise one_line(exc) from None
     finally:
         bar.close()
+        writers.close()
     dist.barrier()
     trained = max(0, cfg.max_iter - start)
     wall = time.perf_counter() - t0
