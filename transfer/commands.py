@@ -5,7 +5,7 @@ Importing this module is what makes the registry complete: the frozen-feature pr
 fractions, :mod:`transfer.finetune`), ``detection`` (an evaluator: Faster R-CNN fine-tuning,
 writes records),
 ``export`` (a tool: backbone weights in torchvision, timm or detectron2 format), the record tools
-``table``, ``plot`` and ``report`` (:mod:`transfer.tools`) and ``suite`` (:mod:`transfer.suite`).
+``table``, ``plot`` and ``report`` (:mod:`transfer.tools`) and ``suite`` (:mod:`transfer.suite_command`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from probes.registry import Evaluator, register_evaluator
 from transfer.detection import command as detection
 from transfer.export import command as export
 from transfer.finetune.command import FinetuneOptions, finetune
-from transfer.suite import add_suite_arguments, run_suite_tool
+from transfer.suite_command import add_suite_arguments, run_suite_tool
 from transfer.tools import TOOLS
 
 BUILTINS = (

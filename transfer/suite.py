@@ -94,6 +94,9 @@ class SuiteConfig:
     # imagefolder:PATH); absent ones are skipped with one line each
     datasets: list[str] = field(default_factory=list)
     tables: list[TableSpec] = field(default_factory=list)
+    # more #SBATCH lines for --executor slurm (submitit's additional_parameters), e.g.
+    # {constraint: volta32gb, qos: high, mem: 64G}
+    slurm: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -128,15 +131,68 @@ class PretrainCell:
     def run_dir(self) -> Path:
         return run_dir_for(self.config)
 
+    @property
+    def key(self) -> str:
+        """``<variant>/s<seed>/pretrain``: the cell's name in reports, job logs and ``--status``."""
+        return f"{self.variant}/s{self.seed}/pretrain"
+
+    def done(self) -> bool:
+        return (self.run_dir / SUMMARY_FILE).is_file()
+
 
 @dataclass(frozen=True)
 class EvalCell:
     pretrain: PretrainCell
     line: str  # the evaluator's command line, e.g. "knn --tap h,z"
+    dataset: str = ""  # the suite dataset filled into a {dataset} line, "" for the others
 
     @property
     def key(self) -> str:
+        """``<variant>/s<seed>/<line>``: also the ``cell`` tag of the records it writes."""
         return f"{self.pretrain.variant}/s{self.pretrain.seed}/{self.line}"
+
+    def done(self) -> bool:
+        return self.key in finished_cells(self.pretrain.run_dir)
+
+
+Cell = PretrainCell | EvalCell
+
+
+def suite_dir(suite: SuiteConfig) -> Path:
+    """``<output_dir>/<name>``: the suite's runs, and its ``jobs/`` folder."""
+    return Path(suite.output_dir) / suite.name
+
+
+def eval_cells(suite: SuiteConfig, cell: PretrainCell) -> list[EvalCell]:
+    """The evaluation cells of one pretraining cell, in the suite's order."""
+    return [EvalCell(cell, line, dataset) for line, dataset in suite.evaluator_lines()]
+
+
+def all_cells(suite: SuiteConfig, cells: list[PretrainCell]) -> list[Cell]:
+    """Every cell of the grid: each pretraining cell followed by its evaluation cells."""
+    out: list[Cell] = []
+    for cell in cells:
+        out += [cell, *eval_cells(suite, cell)]
+    return out
+
+
+def find_cell(suite: SuiteConfig, key: str) -> Cell:
+    """The cell named ``key`` (:attr:`PretrainCell.key` or :attr:`EvalCell.key`)."""
+    for cell in all_cells(suite, plan(suite)):
+        if cell.key == key:
+            return cell
+    raise ConfigError(f"suite {suite.name} has no cell {key!r}")
+
+
+def run_cell(suite: SuiteConfig, cell: Cell) -> None:
+    """Run one cell in this process: pretrain (resuming a killed run from its checkpoint,
+    bit-identical to an uninterrupted run) or one evaluator line, tagged with the suite and
+    the cell (what makes it count as done). Every executor runs cells through this."""
+    if isinstance(cell, PretrainCell):
+        train(cell.config, resume=(cell.run_dir / CHECKPOINT_FILE).is_file())
+    else:
+        run_evaluator_line(cell.line, cell.pretrain.run_dir,
+                           {"suite": suite.name, "cell": cell.key})
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> SuiteConfig:
@@ -316,6 +372,7 @@ class SuiteReport:
     evaluated: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)  # cells of datasets with no local copy
+    failed: list[str] = field(default_factory=list)  # status lines of cells that failed
     seconds: float = 0.0
 
 
@@ -330,30 +387,28 @@ def run_suite(suite: SuiteConfig, progress: bool = True,
     availability = DatasetAvailability()
     start = time.perf_counter()
     for cell in cells:
-        run_dir = cell.run_dir
         label = f"{cell.variant}/s{cell.seed}"
-        if (run_dir / SUMMARY_FILE).is_file():
-            report.skipped.append(f"{label}/pretrain")
+        if cell.done():
+            report.skipped.append(cell.key)
         else:
             if progress:
                 print(f"[suite {suite.name}] pretrain {label}")
-            train(cell.config, resume=(run_dir / CHECKPOINT_FILE).is_file())
+            run_cell(suite, cell)
             report.pretrained.append(label)
-        done = finished_cells(run_dir)
-        for line, dataset in suite.evaluator_lines():
-            ev = EvalCell(cell, line)
+        done = finished_cells(cell.run_dir)
+        for ev in eval_cells(suite, cell):
             if ev.key in done:
                 report.skipped.append(ev.key)
                 continue
-            why, first = availability.check(line, dataset, cell)
+            why, first = availability.check(ev.line, ev.dataset, cell)
             if why:
                 if first and progress:
-                    print(f"[suite {suite.name}] skipping {dataset}: {why}")
+                    print(f"[suite {suite.name}] skipping {ev.dataset}: {why}")
                 report.absent.append(ev.key)
                 continue
             if progress:
                 print(f"[suite {suite.name}] {ev.key}")
-            run_evaluator_line(line, run_dir, {"suite": suite.name, "cell": ev.key})
+            run_cell(suite, ev)
             report.evaluated.append(ev.key)
     report.seconds = time.perf_counter() - start
     return report
@@ -365,16 +420,14 @@ def describe_plan(suite: SuiteConfig) -> list[str]:
     lines = []
     availability = DatasetAvailability()
     for cell in plan(suite):
-        done = (cell.run_dir / SUMMARY_FILE).is_file()
-        lines.append(f"[{'done' if done else 'todo'}] {cell.variant}/s{cell.seed}/pretrain")
+        lines.append(f"[{'done' if cell.done() else 'todo'}] {cell.key}")
         finished = finished_cells(cell.run_dir)
-        for line, dataset in suite.evaluator_lines():
-            key = EvalCell(cell, line).key
-            if key in finished:
+        for ev in eval_cells(suite, cell):
+            if ev.key in finished:
                 state = "done"
             else:
-                state = "absent" if availability.check(line, dataset, cell)[0] else "todo"
-            lines.append(f"[{state}] {key}")
+                state = "absent" if availability.check(ev.line, ev.dataset, cell)[0] else "todo"
+            lines.append(f"[{state}] {ev.key}")
     return lines
 
 
@@ -394,36 +447,8 @@ def print_tables(suite: SuiteConfig) -> None:
     """Print every table of the suite (Markdown), built from its records only."""
     if not suite.tables:
         return
-    records = load_records([Path(suite.output_dir) / suite.name])
+    records = load_records([suite_dir(suite)])
     for spec in suite.tables:
         table, comparisons = make_table(records, table_request(suite, spec))
         print()
         print(render(table, "md", comparisons), end="")
-
-
-def add_suite_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", help="suite YAML, e.g. configs/suites/quickstart.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="suite overrides, e.g. seeds=[0,1,2] output_dir=/tmp/runs")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are done")
-
-
-def run_suite_tool(args: argparse.Namespace) -> dict[str, Any]:
-    """``simclr-transfer suite``: check the suite, run the unfinished cells, then print its tables."""
-    with entry(f"suite {args.suite}"):
-        suite = load_suite(args.suite, args.overrides)
-        cells = check_suite(suite)
-    if args.dry_run:
-        for line in describe_plan(suite):
-            print(line)
-        return {}
-    report = run_suite(suite, cells=cells)
-    print(
-        f"suite {suite.name}: {len(report.pretrained)} runs pretrained, "
-        f"{len(report.evaluated)} evaluations, {len(report.skipped)} cells already done, "
-        + (f"{len(report.absent)} cells of absent datasets skipped, " if report.absent else "")
-        + f"{report.seconds:.0f} s"
-    )
-    print_tables(suite)
-    return {"pretrained": report.pretrained, "evaluated": report.evaluated,
-            "skipped": report.skipped, "absent": report.absent, "seconds": report.seconds}
