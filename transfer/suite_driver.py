@@ -153,7 +153,6 @@ def run_local(suite: SuiteConfig, cells: list[PretrainCell], options: ExecutorOp
     # scheduling keeps every slot busy while evaluations of finished runs fill the gaps)
     todo.sort(key=lambda c: isinstance(c, EvalCell))
     running: dict[str, tuple[Cell, Any, int | None]] = {}
-    next_gpu = 0
     while todo or running or watched:
         for key, (cell, job, _) in list(running.items()):
             if job.done():
@@ -175,8 +174,9 @@ def run_local(suite: SuiteConfig, cells: list[PretrainCell], options: ExecutorOp
                 continue  # its run is still being pretrained
             todo.remove(cell)
             gpu = None
-            if gpus:
-                gpu, next_gpu = next_gpu % gpus, next_gpu + 1
+            if gpus:  # the GPU running the fewest cells now (the lowest index on a tie)
+                busy = [g for _, _, g in running.values()]
+                gpu = min(range(gpus), key=busy.count)
             executor = cell_executor(options.kind, folder, cell.key, options.resources, gpu=gpu)
             print(f"[suite {suite.name}] {cell.key}" + (f" (GPU {gpu})" if gpu is not None
                                                       else ""), flush=True)

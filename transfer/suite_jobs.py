@@ -98,7 +98,9 @@ class CellJob:
                 distributed.init_from_environment(cell.config.train.device)
         main = rank == 0
         if main:
-            record_event(folder, self.key, "started", job_id=job_id, executor=self.executor)
+            record_event(folder, self.key, "started", job_id=job_id, executor=self.executor,
+                         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                         threads=self.threads)
         try:
             run_cell(suite, cell)
         except Exception as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import transfer.suite_driver as suite_driver
 from pretrain.checkpoint import load_checkpoint
 from pretrain.config_io import to_dict
 from pretrain.jsonl import read_jsonl
@@ -31,11 +32,11 @@ KNN = "knn --tap all --k 5,10 --limit 200"
 LINEAR = "linear --tap h,z --limit 200 --wd-grid 1e-4:1e2:5"
 
 
-def small(out: Path, cache: Path, epochs: int = 1, *extra: str) -> list[str]:
+def small(out: Path, cache: Path, epochs: int = 1, *extra: str, limit: int = 128) -> list[str]:
     """The quickstart suite shrunk to 2 variants x 1 seed x 2 cheap evaluators."""
     return [
         "variants={none: [model.head=none], mlp-2: [model.head=mlp, model.num_layers=2]}",
-        f"overrides=[train.epochs={epochs}, data.limit=128, train.batch_size=32, "
+        f"overrides=[train.epochs={epochs}, data.limit={limit}, train.batch_size=32, "
         f"train.progress=false, model.hidden_dim=32, model.out_dim=16, data.cache_dir={cache}]",
         f"evaluators=['{KNN}', '{LINEAR}']",
         "tables=[{rows: head, cols: tap, metric: knn/top1@k10}, "
@@ -71,10 +72,13 @@ def one_thread() -> object:
 
 
 def test_local_parallel_and_debug_executors_give_the_sequential_tables(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: int) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
     code, seq, _ = suite_run(capsys, *small(tmp_path / "seq", cache))
     assert code == 0
+    monkeypatch.setattr(suite_driver, "visible_gpus", lambda: 2)  # as on a 2-GPU machine
+    # (CUDA_VISIBLE_DEVICES=0 or 1 changes nothing for torch without CUDA)
     code, par, err = suite_run(capsys, *small(tmp_path / "par", cache), "--executor", "local",
                                "--parallel", "2")
     assert code == 0, err
@@ -86,14 +90,23 @@ def test_local_parallel_and_debug_executors_give_the_sequential_tables(
         by_cell.setdefault(e["cell"], []).append(e["event"])
     assert len(by_cell) == 6 and all(v == ["submitted", "started", "finished"]
                                      for v in by_cell.values()), by_cell
+    # one GPU per running cell (CUDA_VISIBLE_DEVICES): the two pretraining cells, which run at
+    # once, on different GPUs; the cores divided among the 2 cells
+    started = {e["cell"]: e for e in events(folder) if e["event"] == "started"}
+    assert {e["cuda_visible_devices"] for e in started.values()} <= {"0", "1"}
+    assert {started[f"{v}/s0/pretrain"]["cuda_visible_devices"] for v in ("none", "mlp-2")} == {
+        "0", "1"}
+    assert all(e["threads"] == one_thread for e in started.values())
+    for e in started.values():
+        assert f"{e['cell']} (GPU {e['cuda_visible_devices']})" in par
     # every cell has its own log folder with submitit's logs of its job
     for e in events(folder):
         if e["event"] == "finished":
             out_log, err_log = log_paths(folder, e["cell"], e["job_id"])
             assert out_log.is_file() and err_log.is_file()
-    # two cells ran at once: both pretraining jobs started before either finished
+    # two cells at once: both pretraining jobs were submitted before either finished
     order = [(e["cell"], e["event"]) for e in events(folder)]
-    starts = [order.index((f"{v}/s0/pretrain", "started")) for v in ("none", "mlp-2")]
+    starts = [order.index((f"{v}/s0/pretrain", "submitted")) for v in ("none", "mlp-2")]
     ends = [order.index((f"{v}/s0/pretrain", "finished")) for v in ("none", "mlp-2")]
     assert max(starts) < min(ends), order
 
@@ -130,9 +143,9 @@ def test_a_signalled_pretraining_job_is_requeued_and_ends_bit_identical(tmp_path
     controller sends near its timeout) in epoch 2 or later: submitit calls CellJob.checkpoint,
     requeues the job, and the new task resumes from the last checkpoint."""
     cache = tmp_path / "cache"
-    suites = {name: load_suite(QUICKSTART, [*small(tmp_path / name, cache, 6),
-                                            "variants={mlp-2: [model.head=mlp]}"])
-              for name in ("straight", "cut")}
+    suites = {name: load_suite(QUICKSTART, small(tmp_path / name, cache, 8,
+                                                 "variants={mlp-2: [model.head=mlp]}", limit=512))
+              for name in ("straight", "cut")}  # 16 steps per epoch: seconds of training
     jobs = {}
     for name, suite in suites.items():
         (cell,) = plan(suite)
@@ -142,7 +155,7 @@ def test_a_signalled_pretraining_job_is_requeued_and_ends_bit_identical(tmp_path
     run = cell.run_dir
     _wait_for(lambda: len(_epochs(run)) >= 1, what="the first epoch")
     (started,) = [e for e in events(suite_dir(suites["cut"])) if e["event"] == "started"]
-    assert len(_epochs(run)) < 6  # still training
+    assert len(_epochs(run)) < 8  # still training
     os.kill(started["pid"], signal.SIGUSR2)
     for _, j in jobs.values():
         j.result()  # raises if the job failed
@@ -150,7 +163,7 @@ def test_a_signalled_pretraining_job_is_requeued_and_ends_bit_identical(tmp_path
     assert kinds == ["started", "requeued", "started", "finished"], kinds  # submitted: driver's
     lines = read_jsonl(run / "metrics.jsonl")
     assert any(line.get("event") == "resume" for line in lines)
-    assert _epochs(run)[-1] == 6
+    assert _epochs(run)[-1] == 8
     a, b = _weights(jobs["straight"][0].run_dir), _weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
