@@ -118,7 +118,7 @@ def embed(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
         perplexity = min(30.0, (x.shape[0] - 1) / 3)
         return TSNE(n_components=2, init="pca", perplexity=perplexity,
                     random_state=seed).fit_transform(x)
-    import umap  # type: ignore[import-not-found]  # optional; check_method made sure it exists
+    import umap  # optional (extra [umap]); check_method made sure it is installed
 
     return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(x))
 

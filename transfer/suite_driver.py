@@ -183,9 +183,14 @@ def run_local(suite: SuiteConfig, cells: list[PretrainCell], options: ExecutorOp
             job = executor.submit(CellJob(snapshot, cell.key, cwd, threads, options.kind))
             record_event(folder, cell.key, "submitted", job_id=str(job.job_id),
                          executor=options.kind)
+            if debug:  # the debug executor runs the job, here, when asked for its result
+                try:
+                    job.result()
+                except Exception:  # noqa: BLE001  (CellJob logged it; pdb has had its turn)
+                    pass
+                _finish(suite, cell, report, failures)
+                continue
             running[cell.key] = (cell, job, gpu)
-            if debug:
-                job.done()  # the debug executor runs the job when asked about it
         if (running or watched) and not debug:
             time.sleep(options.poll_s)
         elif todo and not running and not watched:  # their pretraining ended undone: blocked

@@ -214,6 +214,12 @@ def test_a_failed_cell_is_reported_with_its_log_and_retried_only_when_asked(
     assert code == 2  # fails again, but was submitted again
     assert sum(e["event"] == "submitted"
                for e in events(tmp_path / "out" / "quickstart")) == n_submitted + 1
+    # the debug executor: the same failure in this process, run once, reported the same way
+    debug = [*args[:-4], "output_dir=" + str(tmp_path / "dbg"), "--executor", "debug"]
+    code, out, err = suite_run(capsys, *debug)
+    assert code == 2 and "1 cells failed" in err
+    assert [e["event"] for e in events(tmp_path / "dbg" / "quickstart")
+            if e["cell"] == "none/s0/knn --tap q --k 5"] == ["submitted", "started", "failed"]
 
 
 FAKE_SBATCH = """#!/usr/bin/env python3
