@@ -32,6 +32,7 @@ config overrides load), and each table names fields records can have. A bad entr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -65,6 +66,7 @@ from transfer.finetune.command import check_options as check_finetune_options
 from transfer.records import Filter, load_records
 from transfer.table_formats import render
 from transfer.tables import TableRequest, check_request, make_table, parse_compare, parse_fields
+from transfer.verdict import head_verdict
 
 DATASET_SLOT = "{dataset}"
 
@@ -79,6 +81,17 @@ class TableSpec:
     filter: list[str] = field(default_factory=list)
     compare: str = ""
     mean_column: bool = False  # append each row's mean over the columns (``--mean-col``)
+    verdict: bool = False  # after the table, the paper's head orderings (transfer.verdict)
+
+
+@dataclass
+class SmokeSpec:
+    """What ``--smoke`` changes to run the suite at CPU scale in seconds (the test suite runs
+    every suite that has one, so its configuration cannot rot)."""
+
+    overrides: list[str] = field(default_factory=list)  # after the suite's own overrides
+    seeds: list[int] = field(default_factory=lambda: [0])
+    evaluator_args: str = ""  # appended to every evaluator line, e.g. "--limit 200 --device cpu"
 
 
 @dataclass
@@ -97,6 +110,7 @@ class SuiteConfig:
     # more #SBATCH lines for --executor slurm (submitit's additional_parameters), e.g.
     # {constraint: volta32gb, qos: high, mem: 64G}
     slurm: dict[str, Any] = field(default_factory=dict)
+    smoke: SmokeSpec | None = None  # --smoke: the same grid at CPU scale
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -197,6 +211,19 @@ def run_cell(suite: SuiteConfig, cell: Cell) -> None:
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> SuiteConfig:
     return load_config(SuiteConfig, path, overrides)
+
+
+def smoke_suite(suite: SuiteConfig) -> SuiteConfig:
+    """The suite as ``--smoke`` runs it: its ``smoke`` overrides after its own, the smoke seeds,
+    the smoke arguments after every evaluator line, and the name ``<name>-smoke`` (so that its
+    runs never mix with the real ones)."""
+    if suite.smoke is None:
+        raise ConfigError(f"suite {suite.name} has no smoke: section, so --smoke cannot run it")
+    s = suite.smoke
+    lines = [f"{line} {s.evaluator_args}".strip() for line in suite.evaluators]
+    return dataclasses.replace(suite, name=f"{suite.name}-smoke",
+                               overrides=[*suite.overrides, *s.overrides], seeds=list(s.seeds),
+                               evaluators=lines, smoke=None)
 
 
 @contextmanager
@@ -449,6 +476,13 @@ def print_tables(suite: SuiteConfig) -> None:
         return
     records = load_records([suite_dir(suite)])
     for spec in suite.tables:
-        table, comparisons = make_table(records, table_request(suite, spec))
+        request = table_request(suite, spec)
+        if request.compare and len(suite.seeds) < 2:  # a paired comparison needs 2 seeds
+            request = dataclasses.replace(request, compare=[])
+            print(f"\n(compare {spec.compare} left out: the suite has 1 seed, pairing needs 2)")
+        table, comparisons = make_table(records, request)
         print()
         print(render(table, "md", comparisons), end="")
+        if spec.verdict:
+            print()
+            print(head_verdict(table, spec.metric or "the metric"))

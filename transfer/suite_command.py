@@ -24,6 +24,7 @@ from transfer.suite import (
     plan,
     print_tables,
     run_suite,
+    smoke_suite,
 )
 from transfer.suite_driver import (
     ExecutorOptions,
@@ -41,6 +42,9 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="suite overrides, e.g. seeds=[0,1,2] output_dir=/tmp/runs")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are done")
+    p.add_argument("--smoke", action="store_true",
+                   help="the same suite at CPU scale (its smoke: section): a few hundred images, "
+                        "one epoch, one seed, in <name>-smoke")
     p.add_argument("--status", action="store_true",
                    help="print every cell's state (done, running, waiting, failed, todo, absent) "
                         "with job ids and logs; runs and submits nothing")
@@ -84,6 +88,8 @@ def run_suite_tool(args: argparse.Namespace) -> dict[str, Any]:
     """``simclr-transfer suite``: check the suite, run the unfinished cells, then print its tables."""
     with entry(f"suite {args.suite}"):
         suite = load_suite(args.suite, args.overrides)
+        if args.smoke:
+            suite = smoke_suite(suite)
         options = executor_options(args, suite.slurm)
         check_executor_options(options)
         cells = check_suite(suite)
