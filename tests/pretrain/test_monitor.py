@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupts import monitor_dies_at_call
 
 import pretrain.train as train_module
 from pretrain.augment import eval_transform, resolve_recipe
@@ -22,7 +23,6 @@ from pretrain.model import build_model
 from pretrain.monitor import (
     HOLDOUT_FRACTION,
     SPLIT_KEY,
-    KNNMonitor,
     build_monitor,
     monitor_key,
     unusable_reason,
@@ -97,23 +97,11 @@ def test_monitored_run_logs_the_series_and_ends_with_the_unmonitored_weights(tmp
         epochs[-1][monitor_key("h")], abs=1e-9)
 
 
-def test_a_resumed_run_continues_the_monitor_series(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_resumed_run_continues_the_monitor_series(tmp_path: Path) -> None:
     watched = ["train.monitor_every=1", "train.monitor_k=50"]
     train(_cfg(tmp_path, "train.name=full", *watched))
-    real = KNNMonitor.__call__
-    calls = {"n": 0}
-
-    def dies_in_epoch_two(self, model, device):  # the process dies after epoch 1's checkpoint
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, model, device)
-
-    monkeypatch.setattr(train_module.KNNMonitor, "__call__", dies_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
+    with monitor_dies_at_call(2), pytest.raises(KeyboardInterrupt):  # after epoch 1's checkpoint
         train(_cfg(tmp_path, "train.name=cut", *watched))
-    monkeypatch.setattr(train_module.KNNMonitor, "__call__", real)
     train(_cfg(tmp_path, "train.name=cut", *watched), resume=True)
     full, cut = _epochs(tmp_path / "full"), _epochs(tmp_path / "cut")
     assert [e["epoch"] for e in cut] == [1, 2, 3]

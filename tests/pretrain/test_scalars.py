@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from interrupts import monitor_dies_at_call
 
-import pretrain.train as train_module
 from pretrain.cli import main as pretrain_main
 from pretrain.config import PretrainConfig
 from pretrain.config_io import load_config
 from pretrain.jsonl import read_jsonl
-from pretrain.monitor import KNNMonitor, monitor_key
+from pretrain.monitor import monitor_key
 from pretrain.scalars import TENSORBOARD_DIR, WANDB_ID_FILE, ScalarWriters, scalar_tags
 from pretrain.train import train
 
@@ -73,25 +73,13 @@ def test_tensorboard_holds_every_metrics_line_at_its_step(tmp_path: Path) -> Non
     assert [s for s, _ in board["step/lr"]] == [s for s, _ in board["step/loss"]]
 
 
-def test_a_resumed_run_has_each_epoch_once_in_tensorboard(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_resumed_run_has_each_epoch_once_in_tensorboard(tmp_path: Path) -> None:
     """Killed in epoch 4 with the last checkpoint at epoch 2: epoch 3 is trained (and written)
     twice; TensorBoard must show it once, with the resumed run's values."""
     args = ["train.name=cut", "train.tensorboard=true", "train.epochs=4",
             "train.checkpoint_every=2", "train.monitor_every=1", "train.monitor_k=20"]
-    real = KNNMonitor.__call__
-    calls = {"n": 0}
-
-    def dies_in_epoch_four(self, model, device):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(self, model, device)
-
-    monkeypatch.setattr(train_module.KNNMonitor, "__call__", dies_in_epoch_four)
-    with pytest.raises(KeyboardInterrupt):
+    with monitor_dies_at_call(4), pytest.raises(KeyboardInterrupt):
         train(_cfg(tmp_path, *args))
-    monkeypatch.setattr(train_module.KNNMonitor, "__call__", real)
     assert [v for _, v in _board(tmp_path / "cut")["train/epoch"]] == [1, 2, 3]
     train(_cfg(tmp_path, *args), resume=True)
     board, epochs = _board(tmp_path / "cut"), _epochs(tmp_path / "cut")
