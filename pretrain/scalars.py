@@ -44,20 +44,20 @@ def scalar_tags(record: Mapping[str, Any], section: str) -> dict[str, float]:
     return out
 
 
-def check_available(tensorboard: bool, wandb_project: str, where: str = "train") -> None:
+def check_available(tensorboard: bool, wandb_project: str) -> None:
     """Raise a one-line :class:`ConfigError` when an asked-for writer's package is missing,
-    before any file is written."""
+    before any file is written (the options are ``train.*`` in pretraining and detection)."""
     if tensorboard:
         try:
             import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
         except ImportError:
-            raise ConfigError(f"{where}.tensorboard=true needs the tensorboard package, which is "
+            raise ConfigError(f"train.tensorboard=true needs the tensorboard package, which is "
                               f"not installed: {TENSORBOARD_INSTALL}") from None
     if wandb_project:
         try:
             import wandb  # noqa: F401
         except ImportError:
-            raise ConfigError(f"{where}.wandb_project needs the wandb package, which is not "
+            raise ConfigError(f"train.wandb_project needs the wandb package, which is not "
                               f"installed: {WANDB_INSTALL}") from None
 
 
@@ -121,9 +121,9 @@ def open_writers(
     wandb_project: str = "",
     config: Mapping[str, Any] | None = None,
     resume_step: int | None = None,
-    where: str = "train",
 ) -> ScalarWriters:
-    """Writers for the run (or work) ``folder``, which exists.
+    """Writers for the run (or work) ``folder``, which exists; none (a writer that writes
+    nothing) when neither dashboard is asked for.
 
     Args:
         tensorboard: write event files to ``folder/tensorboard/``.
@@ -133,9 +133,8 @@ def open_writers(
         resume_step: the step of the checkpoint a resumed run continues from (None = a fresh
             run): TensorBoard hides earlier sessions' events after it (those of steps trained
             again); W&B continues the stored run id.
-        where: the config section named in errors (``train``).
     """
-    check_available(tensorboard, wandb_project, where)
+    check_available(tensorboard, wandb_project)
     board = None
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter

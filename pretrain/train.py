@@ -318,11 +318,10 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             f"batch {cfg.train.batch_size}, peak lr {peak_lr:.4g}, device {device}, "
             f"augmentation on {augment_where}"
         )
-    writers = ScalarWriters()
-    if main and (cfg.train.tensorboard or cfg.train.wandb_project):
-        writers = open_writers(run_dir, tensorboard=cfg.train.tensorboard,
-                               wandb_project=cfg.train.wandb_project, config=to_dict(cfg),
-                               resume_step=state.step if resumed is not None else None)
+    writers = (open_writers(run_dir, tensorboard=cfg.train.tensorboard,
+                            wandb_project=cfg.train.wandb_project, config=to_dict(cfg),
+                            resume_step=state.step if resumed is not None else None)
+               if main else ScalarWriters())  # rank 0 writes, as metrics.jsonl
     started = time.perf_counter()
     trained_before = state.train_time_s  # the earlier parts of a resumed run
     stats: dict[str, Any] = {}
@@ -358,8 +357,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
             if main:
                 if last or state.epoch % cfg.train.checkpoint_every == 0:
                     write_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, total_steps)
-                line = {"epoch": state.epoch, "step": state.step, **stats}
-                append_jsonl(run_dir / METRICS_FILE, line)
+                append_jsonl(run_dir / METRICS_FILE, {"epoch": state.epoch, "step": state.step, **stats})
                 writers.write({"epoch": state.epoch, **stats}, state.step)  # train/loss, monitor/..
                 if cfg.train.progress:
                     watched = "".join(f"  k-NN {tap} {stats[monitor_key(tap)]:.1f}%"

@@ -441,23 +441,6 @@ def run_suite(suite: SuiteConfig, progress: bool = True,
     return report
 
 
-def describe_plan(suite: SuiteConfig) -> list[str]:
-    """One line per cell: ``[done]``, ``[todo]`` or ``[absent]`` (its dataset has no local
-    copy) and its key."""
-    lines = []
-    availability = DatasetAvailability()
-    for cell in plan(suite):
-        lines.append(f"[{'done' if cell.done() else 'todo'}] {cell.key}")
-        finished = finished_cells(cell.run_dir)
-        for ev in eval_cells(suite, cell):
-            if ev.key in finished:
-                state = "done"
-            else:
-                state = "absent" if availability.check(ev.line, ev.dataset, cell)[0] else "todo"
-            lines.append(f"[{state}] {ev.key}")
-    return lines
-
-
 def table_request(suite: SuiteConfig, spec: TableSpec) -> TableRequest:
     """One of the suite's tables as the table builder's request (records of this suite only)."""
     return TableRequest(

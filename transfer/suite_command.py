@@ -18,10 +18,8 @@ from pretrain.errors import UserError
 from transfer.suite import (
     SuiteReport,
     check_suite,
-    describe_plan,
     entry,
     load_suite,
-    plan,
     print_tables,
     run_suite,
     smoke_suite,
@@ -30,6 +28,7 @@ from transfer.suite_driver import (
     ExecutorOptions,
     check_executor_options,
     grid_status,
+    plan_lines,
     run_local,
     status_lines,
     submit_slurm,
@@ -94,11 +93,11 @@ def run_suite_tool(args: argparse.Namespace) -> dict[str, Any]:
         check_executor_options(options)
         cells = check_suite(suite)
     if args.status:
-        for line in status_lines(grid_status(suite, plan(suite))):
+        for line in status_lines(grid_status(suite, cells)):
             print(line)
         return {}
     if args.dry_run:
-        for line in describe_plan(suite):
+        for line in plan_lines(grid_status(suite, cells)):
             print(line)
         return {}
     report: SuiteReport

@@ -80,6 +80,13 @@ def grid_status(suite: SuiteConfig, cells: list[PretrainCell]) -> list[CellStatu
     return out
 
 
+def plan_lines(statuses: list[CellStatus]) -> list[str]:
+    """``--dry-run``: one line per cell, ``[done]``, ``[absent]`` (its dataset has no local
+    copy) or ``[todo]`` (anything else: --dry-run reads the outputs, not the jobs)."""
+    return [f"[{st.state if st.state in ('done', 'absent') else 'todo'}] {st.key}"
+            for st in statuses]
+
+
 def status_lines(statuses: list[CellStatus]) -> list[str]:
     """One line per cell, then the counts per state."""
     counts = {s: sum(st.state == s for st in statuses) for s in STATES}
@@ -119,10 +126,6 @@ def _outcome(suite: SuiteConfig, cell: Cell) -> CellStatus:
     return cell_status(folder, cell.key, cell.done(), last_events(folder).get(cell.key))
 
 
-def _blocked_by(cell: Cell, failures: _Failures) -> bool:
-    return isinstance(cell, EvalCell) and cell.pretrain.key in failures.keys
-
-
 def run_local(suite: SuiteConfig, cells: list[PretrainCell], options: ExecutorOptions) -> SuiteReport:
     """Run every unfinished cell as local (or debug) submitit jobs, ``options.parallel`` at a
     time; returns what ran, what was already done, what failed."""
@@ -145,7 +148,7 @@ def run_local(suite: SuiteConfig, cells: list[PretrainCell], options: ExecutorOp
             report.absent.append(cell.key)
         elif st.state == "failed" and not options.retry_failed:
             failures.add(st)
-        elif st.state in ("running",) or (st.state == "waiting" and st.detail.startswith("job ")):
+        elif st.live:
             watched[cell.key] = cell
         else:
             todo.append(cell)
@@ -165,10 +168,9 @@ def run_local(suite: SuiteConfig, cells: list[PretrainCell], options: ExecutorOp
         for cell in list(todo):
             if len(running) + len(watched) >= slots:
                 break
-            if _blocked_by(cell, failures):
+            if isinstance(cell, EvalCell) and cell.pretrain.key in failures.keys:
                 todo.remove(cell)
-                failures.add(CellStatus(cell.key, "failed",
-                                        f"not run: {cell.pretrain.key} failed"))  # type: ignore[union-attr]
+                failures.add(CellStatus(cell.key, "failed", f"not run: {cell.pretrain.key} failed"))
                 continue
             if isinstance(cell, EvalCell) and not cell.pretrain.done():
                 continue  # its run is still being pretrained
@@ -186,7 +188,7 @@ def run_local(suite: SuiteConfig, cells: list[PretrainCell], options: ExecutorOp
             if debug:  # the debug executor runs the job, here, when asked for its result
                 try:
                     job.result()
-                except Exception:  # noqa: BLE001  (CellJob logged it; pdb has had its turn)
+                except Exception:  # CellJob logged it; pdb has had its turn
                     pass
                 _finish(suite, cell, report, failures)
                 continue
@@ -220,7 +222,6 @@ def submit_slurm(suite: SuiteConfig, cells: list[PretrainCell], options: Executo
     report, failures = SuiteReport(), _Failures()
     start = time.perf_counter()
     statuses = {st.key: st for st in grid_status(suite, cells)}
-    events = last_events(folder)
 
     def submit(cell: Cell, dependency: str = "") -> str:
         pretraining = isinstance(cell, PretrainCell)
@@ -244,8 +245,8 @@ def submit_slurm(suite: SuiteConfig, cells: list[PretrainCell], options: Executo
         if st.state == "absent":
             report.absent.append(cell.key)
             return ""
-        if st.state in ("running",) or (st.state == "waiting" and st.detail.startswith("job ")):
-            return str(events[cell.key].get("job_id", ""))
+        if st.live:
+            return st.job_id
         if st.state == "failed" and not options.retry_failed:
             failures.add(st)
             return None

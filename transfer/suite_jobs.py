@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pretrain.cli import user_error_message
 from pretrain.config_io import from_dict
 from pretrain.errors import ConfigError
 from transfer.suite import PretrainCell, SuiteConfig, find_cell, run_cell, suite_dir
@@ -44,8 +45,10 @@ def import_submitit() -> Any:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    """``Type: first line`` of a cell's error, for its ``failed`` event (the message cut as the
+    CLI cuts it: :func:`pretrain.cli.user_error_message`)."""
+    return (f"{type(exc).__name__}: {user_error_message(exc)}" if str(exc).strip()
+            else type(exc).__name__)
 
 
 class CellJob:

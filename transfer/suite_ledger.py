@@ -82,6 +82,12 @@ class CellStatus:
     state: str  # one of STATES
     detail: str = ""  # why, in a few words (the error of a failed cell, the job id)
     log: str = ""  # the cell's stderr log, where one exists
+    job_id: str = ""  # the job a live cell waits on or runs in ("" for every other state)
+
+    @property
+    def live(self) -> bool:
+        """A job of this cell is submitted or running: wait for it, never submit it again."""
+        return self.state in ("running", "waiting") and bool(self.job_id)
 
     def line(self) -> str:
         extra = "".join(f"  {part}" for part in (self.detail, f"log: {self.log}" if self.log
@@ -144,6 +150,6 @@ def cell_status(suite_folder: Path, key: str, done: bool, event: dict[str, Any] 
     if alive is False:
         return CellStatus(key, "failed", f"job {job_id} ended without finishing the cell", log)
     if kind == "submitted":
-        return CellStatus(key, "waiting", f"job {job_id} submitted", log)
+        return CellStatus(key, "waiting", f"job {job_id} submitted", log, job_id)
     return CellStatus(key, "running", f"job {job_id}" + (" (requeued)" if kind == "requeued"
-                                                         else ""), log)
+                                                         else ""), log, job_id)

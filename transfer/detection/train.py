@@ -127,9 +127,9 @@ def train_detector(
         )
     batches = training_batches(dataset, cfg, device, start, cfg.max_iter - start, num_workers)
     bf16 = use_bf16(cfg.precision, device)
-    writers = ScalarWriters()
-    if cfg.tensorboard and dist.is_main():  # a resumed run hides its earlier events from `start`
-        writers = open_writers(work_dir, tensorboard=True, resume_step=start if resume else None)
+    writers = (open_writers(work_dir, tensorboard=cfg.tensorboard,  # a resumed run hides its
+                            resume_step=start if resume else None)  # events after `start`
+               if dist.is_main() else ScalarWriters())
     net.train()
     window: list[float] = []
     t0 = time.perf_counter()
