@@ -66,7 +66,7 @@ from transfer.finetune.command import check_options as check_finetune_options
 from transfer.records import Filter, load_records
 from transfer.table_formats import render
 from transfer.tables import TableRequest, check_request, make_table, parse_compare, parse_fields
-from transfer.verdict import head_verdict
+from transfer.verdict import check_axes, head_verdict
 
 DATASET_SLOT = "{dataset}"
 
@@ -389,7 +389,10 @@ def check_suite(suite: SuiteConfig) -> list[PretrainCell]:
                 check_evaluator_line(line.replace(DATASET_SLOT, d), cells[0].run_dir)
     for i, spec in enumerate(suite.tables):
         with entry(f"tables[{i}]"):
-            check_request(table_request(suite, spec))
+            request = table_request(suite, spec)
+            check_request(request)
+            if spec.verdict:
+                check_axes(tuple(request.rows), tuple(request.cols))
     return cells
 
 

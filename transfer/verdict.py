@@ -68,12 +68,18 @@ def _claim(a: Cell | None, b: Cell | None, better: str, worse: str, where: str,
     return Claim(better, worse, where, c.diff, c.lo, c.hi)
 
 
+def check_axes(rows: tuple[str, ...], cols: tuple[str, ...]) -> None:
+    """A head verdict reads heads on the rows and taps on the columns; anything else is a
+    one-line :class:`UserError` (a suite checks its tables with this before running)."""
+    if tuple(rows) != ("head",) or tuple(cols) != ("tap",):
+        raise UserError(f"a head verdict needs rows=head and cols=tap; this table has rows="
+                        f"{','.join(rows)} and cols={','.join(cols)}")
+
+
 def head_claims(table: Table, seed: int = 0) -> list[Claim]:
     """The paper's orderings measurable in ``table``: at h, the MLP head (the shallowest
     ``mlp-*`` row) > linear > none; for every trained head (linear, mlp-*), h > z."""
-    if table.row_fields != ("head",) or table.col_fields != ("tap",):
-        raise UserError(f"a head verdict needs rows=head and cols=tap; this table has rows="
-                        f"{','.join(table.row_fields)} and cols={','.join(table.col_fields)}")
+    check_axes(table.row_fields, table.col_fields)
     rows = {Table.label(r): r for r in table.rows}
     mlps = sorted((label for label in rows if label.startswith("mlp")),
                   key=lambda s: (len(s), s))

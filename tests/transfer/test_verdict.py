@@ -144,3 +144,14 @@ def test_smoke_needs_a_smoke_section(capsys: pytest.CaptureFixture[str]) -> None
     code = transfer_main(["suite", str(ROOT / "configs" / "suites" / "quickstart.yaml"), "--smoke"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.endswith("suite quickstart has no smoke: section, so --smoke cannot run it")
+
+
+def test_a_verdict_on_other_axes_is_refused_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    code = transfer_main(["suite", str(TEN_MINUTES), f"output_dir={tmp_path}",
+                          "tables=[{rows: head, cols: metric, verdict: true}]"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.endswith("tables[0]: a head verdict needs rows=head and cols=tap; "
+                                      "this table has rows=head and cols=metric")
+    assert not list(tmp_path.iterdir())  # refused before any pretraining
